@@ -1,0 +1,26 @@
+# One entry point for set-up, tests and the demo. Every target creates the virtual environment
+# (VENV, default .venv) when it is missing and installs everything into it.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bio_detectron-installed
+
+.PHONY: install test demo benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py tools/install_env.sh tools/install_detectron2.sh
+	PYTHON=$(PYTHON) bash tools/install_env.sh $(VENV)
+	touch $@
+
+test: install
+	$(PY) -m pytest tests
+
+demo: install
+	$(PY) tools/demo.py
+
+benchmark: install
+	$(PY) tools/benchmark_rules.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
