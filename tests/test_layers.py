@@ -1,0 +1,210 @@
+"""Gradients of converted layers, checked against computations independent of our autograd path."""
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+import bio_detectron as bd
+from bio_detectron.rules import feedback_scale
+
+RULES = bd.available_rules()
+CONV_VARIANTS = [
+    dict(stride=1, padding=1, dilation=1, groups=1, bias=True),
+    dict(stride=2, padding=0, dilation=1, groups=1, bias=False),
+    dict(stride=1, padding=2, dilation=2, groups=1, bias=True),
+    dict(stride=2, padding=1, dilation=1, groups=2, bias=True),
+    dict(stride=1, padding=3, dilation=3, groups=4, bias=False),
+]
+
+
+def _conv_grads(conv, x):
+    x = x.detach().clone().requires_grad_()
+    y = conv(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    return x.grad, conv.weight.grad, (conv.bias.grad if conv.bias is not None else None), g
+
+
+@pytest.mark.parametrize("rule,variant", itertools.product(RULES, CONV_VARIANTS))
+def test_conv_gradients_use_feedback_for_input_and_true_gradient_for_weight(rule, variant):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, **variant).double()
+    bd.convert_model(conv, rule, seed=3)
+    x = torch.randn(2, 4, 11, 9, dtype=torch.double)
+    gx, gw, gb, g = _conv_grads(conv, x)
+
+    B = conv.feedback_weight()
+    args = (variant["stride"], variant["padding"], variant["dilation"], variant["groups"])
+    torch.testing.assert_close(gx, conv2d_input(x.shape, B, g, *args))
+    torch.testing.assert_close(gw, conv2d_weight(x, conv.weight.shape, g, *args))
+    if variant["bias"]:
+        torch.testing.assert_close(gb, g.sum((0, 2, 3)))
+    if rule != "backprop":
+        assert not torch.allclose(B, conv.weight), "feedback must differ from W"
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("leading", [(5,), (2, 3), (2, 3, 4)])
+def test_linear_gradients_with_any_leading_dims(rule, leading):
+    torch.manual_seed(0)
+    fc = nn.Linear(6, 7).double()
+    bd.convert_model(fc, rule, seed=3)
+    x = torch.randn(*leading, 6, dtype=torch.double, requires_grad=True)
+    y = fc(x)
+    assert y.shape == (*leading, 7)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g @ fc.feedback_weight())
+    g2, x2 = g.reshape(-1, 7), x.detach().reshape(-1, 6)
+    torch.testing.assert_close(fc.weight.grad, g2.t() @ x2)
+    torch.testing.assert_close(fc.bias.grad, g2.sum(0))
+
+
+def _small_net():
+    from detectron2.layers import Conv2d as D2Conv2d
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        D2Conv2d(8, 8, 3, stride=2, padding=1, bias=False, norm=nn.BatchNorm2d(8), activation=F.relu),
+        nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=2),
+        nn.Conv2d(8, 8, 4, padding="same"),  # even kernel: asymmetric 'same' padding
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
+
+
+def test_backprop_rule_equals_autograd_exactly():
+    torch.manual_seed(0)
+    ref = _small_net()
+    net = bd.convert_model(copy.deepcopy(ref), "backprop")
+    assert set(bd.rules_of(net).values()) == {"backprop"}
+    x = torch.randn(4, 3, 12, 12)
+    for model in (ref, net):
+        model(x.clone().requires_grad_()).square().sum().backward()
+    for (name, p), q in zip(ref.named_parameters(), net.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    torch.testing.assert_close(net(x), ref(x), rtol=0, atol=0)
+
+
+def test_sign_symmetry_feedback_follows_weight():
+    torch.manual_seed(0)
+    conv = bd.convert_model(nn.Conv2d(3, 16, 3), "sign_symmetry")
+    s = (2.0 / (3 * 3 * 16)) ** 0.5
+    torch.testing.assert_close(conv.feedback_weight(), torch.sign(conv.weight) * s)
+    with torch.no_grad():
+        conv.weight.neg_()
+    torch.testing.assert_close(conv.feedback_weight(), torch.sign(conv.weight) * s)
+    fc = bd.convert_model(nn.Linear(10, 4), "sign_symmetry")
+    torch.testing.assert_close(fc.feedback_weight(), torch.sign(fc.weight) / 10**0.5)
+    fc = bd.convert_model(nn.Linear(10, 4), "sign_symmetry", scale="mean_abs")
+    torch.testing.assert_close(fc.feedback_weight(), torch.sign(fc.weight) * fc.weight.abs().mean())
+    fc = bd.convert_model(nn.Linear(10, 4), "sign_symmetry", scale=0.5)
+    torch.testing.assert_close(fc.feedback_weight(), torch.sign(fc.weight) * 0.5)
+
+
+def test_fixed_rules_formulas():
+    torch.manual_seed(0)
+    w0 = nn.Conv2d(8, 16, 3)
+    s = feedback_scale("kaiming", w0.weight)
+    fa = bd.convert_model(copy.deepcopy(w0), "feedback_alignment")
+    assert abs(fa.feedback.std().item() / s - 1) < 0.1  # N(0, s^2) over 1152 entries
+    signed = bd.convert_model(copy.deepcopy(w0), "feedback_alignment_signed_init")
+    torch.testing.assert_close(signed.feedback, torch.sign(w0.weight.detach()) * s)
+    rm = bd.convert_model(copy.deepcopy(w0), "sign_symmetry_random_magnitude")
+    B = rm.feedback_weight()
+    assert torch.equal(torch.sign(B), torch.sign(rm.weight))
+    assert B.abs().std() > 0.3 * B.abs().mean()  # magnitudes are random, not constant
+
+
+@pytest.mark.parametrize(
+    "rule", ["feedback_alignment", "feedback_alignment_signed_init", "sign_symmetry_random_magnitude"]
+)
+def test_fixed_feedback_is_a_buffer_unchanged_by_training_and_saved(rule):
+    torch.manual_seed(0)
+    net = bd.convert_model(_small_net(), rule, seed=7)
+    assert all("feedback" not in n for n, _ in net.named_parameters())
+    before = {k: v.clone() for k, v in net.state_dict().items() if k.endswith("feedback")}
+    assert len(before) == 5
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(4, 3, 12, 12)).square().sum().backward()
+        opt.step()
+    after = {k: v for k, v in net.state_dict().items() if k.endswith("feedback")}
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    # A state_dict round trip restores B into a model converted with another seed.
+    other = bd.convert_model(_small_net(), rule, seed=8)
+    assert not torch.equal(other[0].feedback, net[0].feedback)
+    other.load_state_dict(net.state_dict())
+    assert torch.equal(other[0].feedback, net[0].feedback)
+
+
+def test_fixed_feedback_depends_on_seed_and_name_only():
+    a = bd.convert_model(_small_net(), "feedback_alignment", seed=1)
+    b = bd.convert_model(_small_net(), "feedback_alignment", seed=1, exclude=r"^0$")
+    c = bd.convert_model(_small_net(), "feedback_alignment", seed=2)
+    assert torch.equal(a[4].feedback, b[4].feedback)  # same in every process, any order
+    assert not torch.equal(a[4].feedback, c[4].feedback)
+    assert bd.rules_of(b)["0"] == "none"
+
+
+def test_stock_checkpoint_loads_strictly_into_converted_model():
+    ref = _small_net()
+    net = bd.convert_model(copy.deepcopy(ref), "feedback_alignment")
+    B = net[0].feedback.clone()
+    net.load_state_dict(ref.state_dict(), strict=True)
+    assert torch.equal(net[0].feedback, B)
+    assert set(net.state_dict()) - set(ref.state_dict()) == {
+        f"{i}.feedback" for i in (0, 3, 4, 5, 8)
+    }
+
+
+def test_reconversion_changes_rule_and_state():
+    net = bd.convert_model(_small_net(), "feedback_alignment")
+    bd.convert_model(net, "sign_symmetry", include=r"^[03]$")
+    assert bd.rules_of(net)["0"] == "sign_symmetry"
+    assert "feedback" not in dict(net[0].named_buffers())
+    assert net[4].rule == "feedback_alignment"
+
+
+def test_converted_model_deepcopies_and_pickles(tmp_path):
+    net = bd.convert_model(_small_net(), "feedback_alignment")
+    clone = copy.deepcopy(net)
+    assert torch.equal(clone[0].feedback, net[0].feedback) and clone[3].rule == net[3].rule
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    assert loaded[8].rule == "feedback_alignment"
+
+
+def test_cpu_autocast_backprop_matches_native():
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    net = bd.convert_model(copy.deepcopy(ref), "backprop")
+    x = torch.randn(2, 3, 8, 8)
+    outs = []
+    for model in (ref, net):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()
+        outs.append(y)
+    torch.testing.assert_close(outs[0], outs[1])
+    for p, q in zip(ref.parameters(), net.parameters()):
+        assert q.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_feedback_conv2d_constructed_directly():
+    conv = bd.FeedbackConv2d(3, 4, 3, rule="sign_symmetry", rule_options={"scale": "mean_abs"})
+    assert conv.rule == "sign_symmetry" and isinstance(conv, nn.Conv2d)
+    assert conv(torch.randn(1, 3, 5, 5)).shape == (1, 4, 3, 3)
+    fc = bd.FeedbackLinear(3, 4, rule="feedback_alignment", seed=1)
+    assert fc.feedback.shape == fc.weight.shape
