@@ -1,0 +1,46 @@
+"""
+Datasets of bio_detectron.
+
+Importing this package registers the embedded detection dataset with detectron2 as
+"shapes_train" and "shapes_val" (generated on first load, into ``$BIO_DETECTRON_DATASETS`` or
+``~/.cache/bio_detectron``; set the variable before importing).
+"""
+
+from .datasets import (
+    CheckedDatasetMapper,
+    ensure_dataset_files,
+    load_coco_dataset,
+    register_shapes_dataset,
+)
+from .shapes import (
+    CLASSIFICATION_CLASSES,
+    DETECTION_CLASSES,
+    datasets_root,
+    ensure_shapes_classification,
+    ensure_shapes_dataset,
+    shapes_classification_dir,
+    shapes_dataset_paths,
+)
+
+__all__ = [
+    "CLASSIFICATION_CLASSES",
+    "DETECTION_CLASSES",
+    "CheckedDatasetMapper",
+    "datasets_root",
+    "ensure_dataset_files",
+    "ensure_shapes_classification",
+    "ensure_shapes_dataset",
+    "load_coco_dataset",
+    "register_shapes_dataset",
+    "shapes_classification_dir",
+    "shapes_dataset_paths",
+]
+
+
+def _register_builtin_shapes() -> None:
+    # Default sizes: what the demo trains on (1000 train / 200 val images of 160 px).
+    for split in ("train", "val"):
+        register_shapes_dataset(f"shapes_{split}", split)
+
+
+_register_builtin_shapes()
