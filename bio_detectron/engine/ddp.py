@@ -1,0 +1,49 @@
+"""DistributedDataParallel that also works for CPU processes (gloo)."""
+import contextlib
+
+import torch
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["create_ddp_model", "cpu_safe_ddp"]
+
+
+def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+    """
+    detectron2's ``create_ddp_model``, except that ``device_ids`` is only set for a model on a
+    CUDA device: DistributedDataParallel refuses device_ids for CPU modules, which detectron2
+    always passes.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if on_cuda:
+        kwargs.setdefault("device_ids", [comm.get_local_rank()])
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression and on_cuda:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+@contextlib.contextmanager
+def cpu_safe_ddp():
+    """Within the block, detectron2's DefaultTrainer wraps models with :func:`create_ddp_model`."""
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
+
+
+def all_ranks_true(flag: bool, device) -> bool:
+    """True if ``flag`` is true on every process (a no-op with one process)."""
+    if comm.get_world_size() == 1:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() == 0

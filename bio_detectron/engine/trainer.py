@@ -1,0 +1,114 @@
+"""The detection trainer: detectron2's DefaultTrainer with bio_detectron's pieces plugged in."""
+import logging
+import math
+import os
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import CheckedDatasetMapper, ensure_dataset_files
+from .ddp import all_ranks_true, cpu_safe_ddp
+
+__all__ = ["BioTrainer", "FiniteLossGuard"]
+
+logger = logging.getLogger(__name__)
+
+
+class FiniteLossGuard(nn.Module):
+    """
+    Wraps the model the training loop calls, so a non-finite loss stops the run before the
+    optimizer step: weights stay finite and no checkpoint written so far is touched. All processes
+    agree on the verdict, so none of them waits forever in the next gradient all-reduce.
+    """
+
+    def __init__(self, model: nn.Module, trainer):
+        super().__init__()
+        self.model = model
+        self._trainer = [trainer]  # a list, so the trainer is not registered as a submodule
+
+    def forward(self, *args, **kwargs):
+        loss_dict = self.model(*args, **kwargs)
+        if not self.training:  # evaluation hooks call the trainer's model too
+            return loss_dict
+        losses = loss_dict.values() if isinstance(loss_dict, dict) else [loss_dict]
+        total = sum(v.detach().float().sum() for v in losses)
+        if not all_ranks_true(bool(torch.isfinite(total)), total.device):
+            trainer = self._trainer[0]
+            bad = {
+                k: float(v.detach().float().sum())
+                for k, v in (loss_dict.items() if isinstance(loss_dict, dict) else [])
+            }
+            bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
+            checkpoint = trainer.checkpointer.get_checkpoint_file() or "none written yet"
+            raise FloatingPointError(
+                f"Loss became non-finite at iteration {trainer.iter} ({bad or 'on another process'}); "
+                f"training stopped before the optimizer step. The last checkpoint ({checkpoint}) is "
+                "intact. Lower SOLVER.BASE_LR, normalise FPN/head (MODEL.FPN.NORM, "
+                "MODEL.RETINANET.NORM 'GN') or try MODEL.BIO.SCALE 'mean_abs'."
+            )
+        return loss_dict
+
+
+class BioTrainer(DefaultTrainer):
+    """
+    detectron2's DefaultTrainer, with:
+
+    * DistributedDataParallel that works for CPU processes (gloo) as well as CUDA ones;
+    * BatchNorm turned into SyncBatchNorm when training with several CUDA processes
+      (``MODEL.BIO.SYNC_BN``);
+    * a stop with a clear message, before the optimizer step, when a loss becomes non-finite;
+    * data loaders whose errors name an unreadable image, and COCO evaluation of any dataset
+      with COCO-format metadata, the embedded ones generated on demand;
+    * the alignment-metrics hook when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0.
+    """
+
+    def __init__(self, cfg):
+        with cpu_safe_ddp():
+            super().__init__(cfg)
+        self._trainer.model = FiniteLossGuard(self._trainer.model, self)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if (
+            cfg.MODEL.BIO.SYNC_BN
+            and comm.get_world_size() > 1
+            and torch.device(cfg.MODEL.DEVICE).type == "cuda"
+        ):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        ensure_dataset_files(dataset_name)
+        mapper = CheckedDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        ensure_dataset_files(dataset_name)  # COCOEvaluator opens the json in its constructor
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        period = self.cfg.MODEL.BIO.ALIGNMENT.PERIOD
+        if period > 0:
+            from .alignment import AlignmentHook
+
+            model = self.model  # build_hooks runs before the loss guard wraps it
+            if isinstance(model, DistributedDataParallel):
+                model = model.module
+            # Before the writer, so its scalars are written in the same iteration.
+            hooks.insert(-1, AlignmentHook(period, model))
+        return hooks

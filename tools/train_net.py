@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""
+Train and evaluate detectron2 models with biologically-plausible learning rules.
+
+    python tools/train_net.py --config-file configs/Shapes-Detection/retinanet_R_18_FPN_sign_symmetry.yaml
+    python tools/train_net.py --config-file ... --num-gpus 2              # 2 processes (CPU: gloo)
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+"""
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+import bio_detectron  # noqa: F401  (registers backbones, heads, meta-architectures, datasets)
+from bio_detectron import add_bio_config
+from bio_detectron.engine import BioTrainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_bio_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.MODEL.DEVICE = "cpu"  # so that configs written for GPUs also run on a laptop
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = BioTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return BioTrainer.test(cfg, model)
+    trainer = BioTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
