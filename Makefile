@@ -16,8 +16,10 @@ $(STAMP): setup.py tools/install_env.sh tools/install_detectron2.sh
 test: install
 	$(PY) -m pytest tests
 
+# RULES="backprop sign_symmetry feedback_alignment" runs several rules one after the other.
+RULES ?= sign_symmetry
 demo: install
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py --rules $(RULES)
 
 benchmark: install
 	$(PY) tools/benchmark_rules.py
