@@ -1,4 +1,5 @@
 """Config keys of bio_detectron, added to a detectron2 config by :func:`add_bio_config`."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_bio_config"]
@@ -49,3 +50,66 @@ def add_bio_config(cfg):
     _C.MODEL.BIO.ALIGNMENT = CN()
     # Log alignment metrics of every converted layer every PERIOD iterations (0: off, no cost).
     _C.MODEL.BIO.ALIGNMENT.PERIOD = 0
+
+
+def add_classification_config(cfg):
+    """
+    Add the keys of image classification (``tools/train_imagenet.py``) to a config that already
+    has :func:`add_bio_config`'s keys, in place. Existing detectron2 keys keep their meaning:
+    ``MODEL.RESNETS.*``, ``MODEL.PIXEL_MEAN/STD``, ``INPUT.FORMAT``, ``SOLVER.*``,
+    ``DATALOADER.NUM_WORKERS``, ``TEST.EVAL_PERIOD`` (see configs/ImageNet/Base-Classification.yaml).
+    """
+    _C = cfg
+    _C.MODEL.CLASSIFIER = CN()
+    # The classifier to build, a name in bio_detectron.modeling.classification.CLASSIFIER_REGISTRY:
+    # "ResNetClassifier" (detectron2's ResNet, MODEL.RESNETS.*, + global pool + linear layer) or
+    # "AlexNet" (the seed paper's AlexNet with BatchNorm before every ReLU).
+    _C.MODEL.CLASSIFIER.NAME = "ResNetClassifier"
+    # Number of classes; 0: the number of class folders of the dataset's train split (val split with
+    # --eval-only). A positive value must equal that number.
+    _C.MODEL.CLASSIFIER.NUM_CLASSES = 0
+    # Keep activations in channels_last memory format (faster convolutions on recent GPUs).
+    # CUDA only: a no-op when MODEL.DEVICE is "cpu".
+    _C.MODEL.CLASSIFIER.CHANNELS_LAST = False
+    # The rule of the last layer (the one named "classifier"): "backprop" here, as the seed
+    # paper's code keeps the last layer on exact backprop whatever the rule of the others. Any
+    # rule of MODEL.BIO.RULE is allowed; "" makes it follow MODEL.BIO.RULE.
+    _C.MODEL.BIO.PARTS.PREDICTOR = "backprop"
+
+    # Root of an ImageNet-style folder: <root>/train/<class>/*.JPEG and <root>/val/<class>/*.
+    # "": the environment variable IMAGENET_ROOT; if that is unset too, the embedded generated
+    # shapes classification folder (DATASETS.SHAPES_CLASSIFICATION) is used, and the log says so.
+    _C.DATASETS.IMAGENET_ROOT = ""
+    _C.DATASETS.SHAPES_CLASSIFICATION = CN()
+    # Side of the generated square images, in pixels (>= 32).
+    _C.DATASETS.SHAPES_CLASSIFICATION.IMAGE_SIZE = 64
+    # Generated images per class (10 classes) in the train and val splits.
+    _C.DATASETS.SHAPES_CLASSIFICATION.NUM_TRAIN_PER_CLASS = 100
+    _C.DATASETS.SHAPES_CLASSIFICATION.NUM_VAL_PER_CLASS = 20
+
+    _C.INPUT.CLASSIFICATION = CN()
+    # Side of the square crops the network sees, in pixels (224 for ImageNet). Training takes a
+    # random-resized crop of this size; evaluation resizes the short side to SIZE * 256 / 224 and
+    # takes the centre crop of this size. AlexNet needs >= 63.
+    _C.INPUT.CLASSIFICATION.SIZE = 224
+    # Smallest area fraction of the image a random-resized training crop covers, in (0, 1].
+    _C.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
+    # Flip training images horizontally with probability 0.5.
+    _C.INPUT.CLASSIFICATION.HFLIP = True
+
+    # An image that cannot be read or decoded: False stops with an error naming the file; True
+    # skips it (the batch is one image smaller), logs its name and counts it in the metrics
+    # ("data/skipped_images").
+    _C.DATALOADER.SKIP_UNREADABLE = False
+
+    # Training length in epochs over the train split, used when SOLVER.MAX_ITER is 0. An epoch is
+    # floor(#train images / SOLVER.IMS_PER_BATCH) iterations (the last partial batch is dropped).
+    _C.SOLVER.EPOCHS = 90
+    # Epochs at which the learning rate is multiplied by SOLVER.GAMMA (0.1 by default), increasing.
+    # With SOLVER.MAX_ITER > 0 they keep their fraction of the run: step i happens at iteration
+    # round(MAX_ITER * STEP_EPOCHS[i] / EPOCHS). SOLVER.STEPS is not used by classification.
+    _C.SOLVER.STEP_EPOCHS = (30, 60)
+    # Linear scaling: SOLVER.BASE_LR is the learning rate at this total batch size, and a run uses
+    # lr = BASE_LR * SOLVER.IMS_PER_BATCH / LR_REFERENCE_BATCH (0.1 at 256 -> 0.4 at 1024).
+    # 0: no scaling, the run uses BASE_LR as it is.
+    _C.SOLVER.LR_REFERENCE_BATCH = 256
