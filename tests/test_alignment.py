@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from detectron2.engine import SimpleTrainer
 from detectron2.engine.hooks import PeriodicWriter
 from detectron2.engine.train_loop import HookBase, TrainerBase
-from detectron2.utils.events import EventStorage, JSONWriter
+from detectron2.utils.events import JSONWriter
 from torch import nn
 
 import bio_detectron as bd
@@ -139,7 +139,11 @@ def test_probe_is_faithful_and_changes_nothing():
     normalizer = model.normalizer
     torch.manual_seed(11), random.seed(11), np.random.seed(11)
 
+    calls = []  # a trainer's hook on the model (e.g. a loss check) must not see the probe
+    model.register_forward_hook(lambda *args: calls.append(1))
+
     grads = al.probe_gradients(model, (batch,))
+    assert calls == []
 
     # Everything as before: buffers, plain attributes, rules, mode, RNGs, no .grad.
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -156,6 +160,44 @@ def test_probe_is_faithful_and_changes_nothing():
     for name in LAYERS:
         assert torch.equal(grads[name][0], trained[name])
         assert not torch.equal(grads[name][1], trained[name]) or name == "fc2"
+
+
+class Shuffled(nn.Module):
+    """Layers registered in another order than the forward calls them; one frozen, one unused."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = nn.Linear(4, 2)
+        self.unused = nn.Linear(2, 2)
+        self.mid = nn.Linear(4, 4).requires_grad_(False)
+        self.inp = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.out(F.relu(self.mid(F.relu(self.inp(x))))).square().mean()
+
+
+def test_order_is_forward_order_and_unreached_layers_have_no_grad_angle():
+    torch.manual_seed(0)
+    model = bd.convert_model(Shuffled(), "feedback_alignment")
+    x = torch.randn(8, 3)
+    without_probe = al.alignment_metrics(model)
+    assert [without_probe[n]["order"] for n in ("out", "unused", "mid", "inp")] == [0, 1, 2, 3]
+    metrics = al.alignment_metrics(model, (x,))
+    assert [metrics[n]["order"] for n in ("inp", "mid", "out", "unused")] == [0, 1, 2, 3]
+    assert list(al.probe_gradients(model, (x,))) == ["inp", "out", "unused"]  # not the frozen
+    assert math.isnan(metrics["unused"]["grad_angle"]) and "grad_angle" not in metrics["mid"]
+    assert metrics["out"]["grad_angle"] < 1e-3 and metrics["inp"]["grad_angle"] > 1
+    scalars = al.alignment_scalars(metrics)
+    assert "alignment/unused/grad_angle" not in scalars  # NaN is left out
+    assert scalars["alignment/mid/weight_angle"] == metrics["mid"]["weight_angle"]
+    assert scalars["alignment/mean/grad_angle"] == pytest.approx(
+        (metrics["inp"]["grad_angle"] + metrics["out"]["grad_angle"]) / 2
+    )
+    assert al.parse_scalar_name("alignment/backbone.res2.0.conv1/grad_angle") == (
+        "backbone.res2.0.conv1",
+        "grad_angle",
+    )
+    assert al.parse_scalar_name("alignment/x/lr") is None and al.parse_scalar_name("lr") is None
 
 
 def test_bad_inputs():
@@ -299,8 +341,8 @@ def test_hook_probe_replays_the_training_forward(monkeypatch):
         probed.append(al_probe(*args, **kwargs))
         return probed[-1]
 
-    al_probe = al.probe_gradients
-    monkeypatch.setattr(al, "probe_gradients", probe)
+    al_probe = al._probe
+    monkeypatch.setattr(al, "_probe", probe)
     readers = []
 
     def hooks(model):
@@ -311,7 +353,7 @@ def test_hook_probe_replays_the_training_forward(monkeypatch):
     assert len(probed) == 2 and len(readers[0].grads) == 4
     # The rule's pass of the probe gives exactly the step's gradients: same batch, same dropout
     # masks (the random state before the training forward is replayed), same loss normaliser.
-    for grads, step in zip(probed, (1, 3)):
+    for (grads, _), step in zip(probed, (1, 3)):
         for name in LAYERS:
             assert torch.equal(grads[name][0], readers[0].grads[step][name]), (name, step)
 

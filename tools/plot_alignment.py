@@ -135,6 +135,11 @@ def _file_name(name):
     return re.sub(r"[^\w.+-]+", "_", name).strip("_") or "run"
 
 
+def _markers(iters):
+    # Sparse series (a short run, a long logging period) would be invisible as bare lines.
+    return dict(marker="o", ms=3) if len(iters) < 25 else {}
+
+
 def plot_layers(run, out_dir):
     """Writes ``alignment_<run>.png`` and returns its path."""
     layers = layer_order(run)
@@ -157,15 +162,15 @@ def plot_layers(run, out_dir):
                 a.set_axis_off()
             continue
         for (it, val), color in zip(series, colors):
-            ax.plot(it, val, color=color, lw=0.9, alpha=0.85)
+            ax.plot(it, val, color=color, lw=0.9, alpha=0.85, **_markers(it))
         it, val = run.series(f"alignment/mean/{metric}")
-        ax.plot(it, val, color="black", lw=2.2, ls="--", label="mean over layers")
+        ax.plot(it, val, color="black", lw=2.2, ls="--", label="mean over layers", **_markers(it))
         ax.axhline(90, color="grey", lw=0.6, ls=":")
         ax.set(title=title, xlabel="iteration", ylabel="degrees")
         ax.legend(loc="upper right", fontsize=8)
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(layers) - 1))
         bar = fig.colorbar(sm, ax=ax, pad=0.01)
-        bar.set_label("layer, input → output", fontsize=8)
+        bar.set_label("layer (forward order)", fontsize=8)
         bar.set_ticks([0, len(layers) - 1])
         bar.set_ticklabels([layers[0], layers[-1]], fontsize=6)
 
@@ -187,7 +192,7 @@ def plot_layers(run, out_dir):
         ax_map.set_xticklabels([str(int(iters[t])) for t in ticks], fontsize=7)
         ax_map.set(xlabel="iteration", title=f"{metric} per layer")
     fig.suptitle(f"{run.label}: alignment with backprop per layer ({run.name})")
-    fig.tight_layout()
+    fig.tight_layout(w_pad=3)
     path = os.path.join(out_dir, f"alignment_{_file_name(run.name)}.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -218,15 +223,14 @@ def plot_curves(runs, out_dir, metric=None):
     for k, run in enumerate(runs):
         color = colors(k % 10)
         it, val = run.series("total_loss")
-        ax_loss.plot(it, val, color=color, lw=1.2, label=run.label)
+        ax_loss.plot(it, val, color=color, lw=1.2, label=run.label, **_markers(it))
         if metric is not None:
             it, val = run.series(metric)
             ax_eval.plot(it, val, color=color, lw=1.5, marker="o", ms=3, label=run.label)
     ax_loss.set(title="training loss", xlabel="iteration", ylabel="total_loss")
-    if any(
-        len(run.series("total_loss")[0]) and min(run.series("total_loss")[1]) > 0 for run in runs
-    ):
-        ax_loss.set_yscale("log")
+    losses = np.concatenate([run.series("total_loss")[1] for run in runs])
+    if len(losses) and losses.min() > 0 and losses.max() > 10 * losses.min():
+        ax_loss.set_yscale("log")  # losses falling by orders of magnitude
     ax_loss.legend(fontsize=8)
     if metric is None:
         ax_eval.text(0.5, 0.5, "no evaluation results in metrics.json", ha="center", va="center")

@@ -17,7 +17,8 @@ exactly as it would have been without it: buffers (BatchNorm statistics), plain 
 (RetinaNet's loss-normalizer EMA), random number generators and learning rules are restored.
 
 :class:`AlignmentHook` logs all of them as ``alignment/<layer>/<metric>`` scalars into the
-EventStorage, every ``MODEL.BIO.ALIGNMENT.PERIOD`` iterations. ``tools/plot_alignment.py`` draws them.
+EventStorage, every ``MODEL.BIO.ALIGNMENT.PERIOD`` iterations; ``tools/plot_alignment.py`` draws
+them.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.engine.train_loop import HookBase, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, get_event_storage
@@ -61,8 +63,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Metrics logged per layer, in this order. "order" is the layer's position among the converted
-# layers in ``named_modules()`` order (input to output for most models); it is logged once per run,
-# because metrics.json sorts keys alphabetically and plots need the depth order.
+# layers in the forward pass (the order the probe's forward first calls them: input to output),
+# logged once per run, because metrics.json sorts keys alphabetically and plots need the depth.
 LAYER_METRICS = ("grad_angle", "weight_angle", "sign_concordance", "norm_ratio", "order")
 # Model-wide summaries, logged as alignment/<summary>/<metric>:
 #   mean: the mean over layers (NaNs left out) of each metric;
@@ -144,16 +146,24 @@ def converted_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """
     Returns:
         list[(str, nn.Module)]: the converted layers of ``model`` in ``named_modules()`` order,
-        named as there ("model" when ``model`` itself is a converted layer).
+        named as there; "model" when ``model`` itself is a converted layer, and a trailing "_" for
+        a top-level layer named like a summary (:data:`SUMMARIES`).
     """
-    return [(name or "model", m) for name, m in model.named_modules() if is_converted(m)]
+    layers = []
+    for name, m in model.named_modules():
+        if is_converted(m):
+            name = name or "model"
+            layers.append((name + "_" if name in SUMMARIES else name, m))
+    return layers
 
 
 def weight_metrics(model: nn.Module) -> Dict[str, Dict[str, float]]:
     """
     Returns:
         dict[str, dict[str, float]]: layer name -> {"weight_angle", "sign_concordance",
-        "norm_ratio", "order"} for every converted layer of ``model``.
+        "norm_ratio", "order"} for every converted layer of ``model``; "order" is the layer's
+        position in ``named_modules()`` (:func:`alignment_metrics` with inputs replaces it by the
+        position in the forward pass).
     """
     metrics = {}
     for i, (name, m) in enumerate(converted_layers(model)):
@@ -323,7 +333,8 @@ def probe_gradients(
     model's buffers and attributes, the learning rules and the random number generators (torch,
     CUDA, ``random``, numpy) are as before when this returns. The model keeps its mode; call it on
     the unwrapped model (not a DistributedDataParallel wrapper), so that nothing is synchronised.
-    Synchronised BatchNorm normalises with local statistics here.
+    Synchronised BatchNorm normalises with local statistics here, and hooks registered on
+    ``model`` itself do not run (``model.forward`` is called; its submodules' hooks do run).
 
     Args:
         model (nn.Module): a model with converted layers.
@@ -338,17 +349,46 @@ def probe_gradients(
     Returns:
         dict[str, (Tensor or None, Tensor or None)]: layer name -> (the rule's gradient, backprop's
         gradient), each shaped like the weight; None where the loss does not depend on the weight.
-        Layers whose weight does not require grad (frozen) are left out.
+        Layers whose weight does not require grad (frozen) are left out. Layers are in the order
+        the forward pass first calls them (input to output), the ones it does not call last.
     """
+    return _probe(model, args, kwargs, loss_fn=loss_fn, start=start)[0]
+
+
+@contextlib.contextmanager
+def _recording_call_order(layers: Sequence[Tuple[str, nn.Module]], order: List[str]):
+    def record(name):
+        def hook(module, args):
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
+
+        return hook
+
+    seen = set()
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        order.extend(name for name, _ in layers if name not in seen)
+
+
+def _probe(model, args, kwargs=None, *, loss_fn=None, start=None):
+    """:func:`probe_gradients`, and the names of all converted layers in forward-call order."""
     kwargs = _check_inputs(args, kwargs)
     loss_fn = loss_fn or total_loss
-    layers = [(n, m) for n, m in converted_layers(model) if m.weight.requires_grad]
+    every = converted_layers(model)
+    layers = [(n, m) for n, m in every if m.weight.requires_grad]
     if not layers:
-        return {}
+        return {}, [n for n, _ in every]
     weights = [m.weight for _, m in layers]
 
     def gradients():
-        loss = loss_fn(model(*args, **kwargs))
+        # model.forward, not model(): hooks on the model itself belong to the training loop
+        # (a trainer's loss check may communicate across processes) and must not see the probe.
+        loss = loss_fn(model.forward(*args, **kwargs))
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             raise ValueError("the probe's loss does not depend on any trainable converted weight")
         return torch.autograd.grad(loss, weights, allow_unused=True)
@@ -358,14 +398,16 @@ def probe_gradients(
     try:
         with _own_event_storage(), torch.enable_grad():
             start.restore()
-            with _local_batch_norm(model):
+            call_order = []
+            with _local_batch_norm(model), _recording_call_order(every, call_order):
                 own = gradients()
             start.restore()
             with _local_batch_norm(model), _rules_set_to_backprop([m for _, m in layers]):
                 exact = gradients()
     finally:
         now.restore()
-    return {name: (g, e) for (name, _), g, e in zip(layers, own, exact)}
+    grads = {name: (g, e) for (name, _), g, e in zip(layers, own, exact)}
+    return {name: grads[name] for name in call_order if name in grads}, call_order
 
 
 def gradient_angles(
@@ -381,13 +423,17 @@ def gradient_angles(
     the angle between all layers' gradients concatenated. A layer gets NaN when either gradient is
     None (the loss does not reach it) or zero (e.g. behind dead ReLUs); frozen layers are left out.
     """
-    grads = probe_gradients(model, args, kwargs, loss_fn=loss_fn, start=start)
+    return _gradient_angles(model, args, kwargs, loss_fn=loss_fn, start=start)[0]
+
+
+def _gradient_angles(model, args, kwargs=None, *, loss_fn=None, start=None):
+    grads, call_order = _probe(model, args, kwargs, loss_fn=loss_fn, start=start)
     angles = {}
     for name, (own, exact) in grads.items():
         angles[name] = math.nan if own is None or exact is None else angle_between(own, exact)
     pairs = [(g, e) for g, e in grads.values() if g is not None and e is not None]
     angles["all"] = _angle_of_pairs(pairs) if pairs else math.nan
-    return angles
+    return angles, call_order
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -411,9 +457,10 @@ def alignment_metrics(
             there is no probe, and no ``grad_angle``.
 
     Returns:
-        dict[str, dict[str, float]]: layer name -> metric -> value (see :data:`LAYER_METRICS`),
-        plus "mean" (per metric, the mean over layers, NaNs left out) and "all" (``weight_angle``
-        and ``grad_angle`` of all layers concatenated).
+        dict[str, dict[str, float]]: layer name -> metric -> value (see :data:`LAYER_METRICS`;
+        "order" is the position in the forward pass with a probe, in ``named_modules()``
+        without), plus "mean" (per metric, the mean over layers, NaNs left out) and "all"
+        (``weight_angle`` and ``grad_angle`` of all layers concatenated).
     """
     metrics = weight_metrics(model)
     summary_all = {
@@ -422,13 +469,14 @@ def alignment_metrics(
         )
     }
     if args is not None:
-        angles = gradient_angles(model, args, kwargs, loss_fn=loss_fn, start=start)
+        angles, call_order = _gradient_angles(model, args, kwargs, loss_fn=loss_fn, start=start)
         summary_all["grad_angle"] = angles.pop("all")
         for name, angle in angles.items():
             metrics[name]["grad_angle"] = angle
+        for i, name in enumerate(call_order):
+            metrics[name]["order"] = float(i)
     names = [k for k in LAYER_METRICS if k != "order"]
-    mean = {k: _nanmean(m[k] for m in metrics.values() if k in m) for k in names}
-    metrics["mean"] = mean
+    metrics["mean"] = {k: _nanmean(m[k] for m in metrics.values() if k in m) for k in names}
     metrics["all"] = summary_all
     return metrics
 
@@ -443,12 +491,10 @@ def alignment_scalars(
 
     Returns:
         dict[str, float]: ``alignment/<name>/<metric>`` -> value, NaNs left out (they are not
-        valid JSON). A layer named like a summary ("mean", "all") gets a trailing "_".
+        valid JSON).
     """
     scalars = {}
     for name, values in metrics.items():
-        if name in SUMMARIES and "order" in values:  # a layer, not a summary
-            name = name + "_"
         for metric, value in values.items():
             if (metric == "order" and not order) or not math.isfinite(value):
                 continue
@@ -554,6 +600,14 @@ class AlignmentHook(HookBase):
             self._model = _unwrap(self.trainer.model)
         if not converted_layers(self._model):
             logger.warning("AlignmentHook: the model has no converted layer; nothing to log.")
+        for writer in getattr(self.trainer, "_hooks", []):
+            writer_period = getattr(writer, "_period", None)
+            if isinstance(writer, PeriodicWriter) and self.period % writer_period:
+                logger.warning(
+                    f"AlignmentHook: period {self.period} is not a multiple of the writers' period "
+                    f"{writer_period}; only the values of iterations the writers write at reach "
+                    "metrics.json and TensorBoard"
+                )
         inner = getattr(self.trainer, "_trainer", None)
         if isinstance(inner, TrainerBase) and not any(
             isinstance(h, _AfterBackwardRelay) and h.hook is self for h in inner._hooks
@@ -590,7 +644,7 @@ class AlignmentHook(HookBase):
         if captured is None:
             self._warn_once("the model's training forward was not seen; no grad_angle logged")
         metrics = alignment_metrics(self._model, args, kwargs, loss_fn=self._loss_fn, start=start)
-        self._put(metrics)
+        self._put(metrics, forward_order=captured is not None)
 
     def after_step(self):
         if not self._pending:
@@ -604,16 +658,18 @@ class AlignmentHook(HookBase):
             "after_backward was not called by the trainer; only weight metrics are logged, after "
             "the optimizer step"
         )
-        self._put(alignment_metrics(self._model))
+        self._put(alignment_metrics(self._model), forward_order=False)
 
     def after_train(self):
         self._remove_pre_hook()
         self._captured = None
         self._pending = False
 
-    def _put(self, metrics):
+    def _put(self, metrics, forward_order):
+        # The layers' order once, from the first probe (forward order); named_modules() order
+        # until there is one.
         scalars = alignment_scalars(metrics, order=not self._order_logged)
-        self._order_logged = True
+        self._order_logged = self._order_logged or forward_order
         self.trainer.storage.put_scalars(smoothing_hint=False, **scalars)
 
     def _warn_once(self, message):
