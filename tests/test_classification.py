@@ -1,4 +1,4 @@
-"""ImageNet-style classification: models, data, trainer, checkpoints and the hand-off to RetinaNet."""
+"""Classification: models, ImageNet folders, trainer, checkpoints and the hand-off to RetinaNet."""
 
 import json
 import math
@@ -27,6 +27,7 @@ from bio_detectron.data.imagenet import (
 from bio_detectron.data.shapes import ensure_shapes_classification
 from bio_detectron.engine.classification import (
     ClassificationTrainer,
+    build_classification_trainer,
     evaluate_checkpoint,
     resolve_schedule,
 )
@@ -36,6 +37,16 @@ from bio_detectron.modeling.parts import convert_from_cfg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "configs", "ImageNet", "Base-Classification.yaml")
 SHAPES = dict(image_size=32, num_train_per_class=4, num_val_per_class=2)  # 40 train, 20 val
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These tiny models run several times faster on one thread than on two on a shared machine,
+    # where a second OpenMP thread mostly waits for a busy core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +153,12 @@ def test_unknown_classifier_name(tmp_path):
 
 @pytest.mark.parametrize("rule", ["backprop", "sign_symmetry", "feedback_alignment"])
 def test_train_a_few_iterations_per_rule(tmp_path, shapes_root, rule):
-    cfg = make_cfg(tmp_path, shapes_root, "MODEL.BIO.RULE", rule)
-    trainer = ClassificationTrainer(cfg)
+    cfg = make_cfg(
+        tmp_path, shapes_root, "MODEL.BIO.RULE", rule,
+        "SOLVER.AMP.ENABLED", True, "MODEL.CLASSIFIER.CHANNELS_LAST", True,
+    )  # fmt: skip
+    trainer = build_classification_trainer(cfg)
+    assert type(trainer) is ClassificationTrainer  # AMP and channels_last: CUDA only, no-ops here
     model = trainer.unwrapped_model
     rules = rules_of(model)
     assert rules.pop("classifier") == "backprop"

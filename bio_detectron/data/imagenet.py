@@ -105,7 +105,8 @@ def scan_split(
     found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
     if not found:
         raise FileNotFoundError(
-            f"Split folder {split_dir!r} has no class folders; expected {split_dir}/<class>/<images>"
+            f"Split folder {split_dir!r} has no class folders; expected "
+            f"{split_dir}/<class>/<images>"
         )
     if classes is not None and list(classes) != found:
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))

@@ -43,7 +43,7 @@ Batch = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 class _Container(nn.Module):
-    """A module that only names its children (``backbone`` holding ``bottom_up``, as in a detector)."""
+    """A module that only names its children: ``backbone`` holding ``bottom_up``, as detectors."""
 
     def __init__(self, **children: nn.Module):
         super().__init__()
