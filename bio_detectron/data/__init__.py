@@ -2,7 +2,8 @@
 Datasets of bio_detectron.
 
 Importing this package registers the embedded detection dataset with detectron2 as
-"shapes_train" and "shapes_val" (generated on first load, into ``$BIO_DETECTRON_DATASETS`` or
+"shapes_train" and "shapes_val", and small 96 px copies "shapes_train_mini" / "shapes_val_mini"
+(generated on first load, into ``$BIO_DETECTRON_DATASETS`` or
 ``~/.cache/bio_detectron``; set the variable before importing).
 """
 
@@ -41,6 +42,9 @@ def _register_builtin_shapes() -> None:
     # Default sizes: what the demo trains on (1000 train / 200 val images of 160 px).
     for split in ("train", "val"):
         register_shapes_dataset(f"shapes_{split}", split)
+    # A small copy at 96 px for smoke runs (configs/quick_schedules, tests).
+    for split in ("train", "val"):
+        register_shapes_dataset(f"shapes_{split}_mini", split, image_size=96, num_train=32, num_val=16)
 
 
 _register_builtin_shapes()

@@ -2,6 +2,7 @@
 import logging
 import math
 import os
+import weakref
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -14,44 +15,38 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import CheckedDatasetMapper, ensure_dataset_files
 from .ddp import all_ranks_true, cpu_safe_ddp
 
-__all__ = ["BioTrainer", "FiniteLossGuard"]
+__all__ = ["BioTrainer", "FiniteLossCheck"]
 
 logger = logging.getLogger(__name__)
 
 
-class FiniteLossGuard(nn.Module):
+class FiniteLossCheck:
     """
-    Wraps the model the training loop calls, so a non-finite loss stops the run before the
-    optimizer step: weights stay finite and no checkpoint written so far is touched. All processes
-    agree on the verdict, so none of them waits forever in the next gradient all-reduce.
+    A forward hook for the model the training loop calls: a non-finite loss stops the run before
+    the backward pass and the optimizer step, so weights stay finite and no checkpoint written so
+    far is touched. All processes agree on the verdict, so none of them waits forever in the next
+    gradient all-reduce.
     """
 
-    def __init__(self, model: nn.Module, trainer):
-        super().__init__()
-        self.model = model
-        self._trainer = [trainer]  # a list, so the trainer is not registered as a submodule
+    def __init__(self, trainer):
+        self.trainer = weakref.proxy(trainer)
 
-    def forward(self, *args, **kwargs):
-        loss_dict = self.model(*args, **kwargs)
-        if not self.training:  # evaluation hooks call the trainer's model too
-            return loss_dict
-        losses = loss_dict.values() if isinstance(loss_dict, dict) else [loss_dict]
-        total = sum(v.detach().float().sum() for v in losses)
-        if not all_ranks_true(bool(torch.isfinite(total)), total.device):
-            trainer = self._trainer[0]
-            bad = {
-                k: float(v.detach().float().sum())
-                for k, v in (loss_dict.items() if isinstance(loss_dict, dict) else [])
-            }
-            bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
-            checkpoint = trainer.checkpointer.get_checkpoint_file() or "none written yet"
-            raise FloatingPointError(
-                f"Loss became non-finite at iteration {trainer.iter} ({bad or 'on another process'}); "
-                f"training stopped before the optimizer step. The last checkpoint ({checkpoint}) is "
-                "intact. Lower SOLVER.BASE_LR, normalise FPN/head (MODEL.FPN.NORM, "
-                "MODEL.RETINANET.NORM 'GN') or try MODEL.BIO.SCALE 'mean_abs'."
-            )
-        return loss_dict
+    def __call__(self, module, inputs, loss_dict):
+        if not module.training:  # evaluation hooks call the trainer's model too
+            return
+        losses = loss_dict if isinstance(loss_dict, dict) else {"total_loss": loss_dict}
+        total = sum(v.detach().float().sum() for v in losses.values())
+        if all_ranks_true(bool(torch.isfinite(total)), total.device):
+            return
+        bad = {k: float(v.detach().float().sum()) for k, v in losses.items()}
+        bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
+        checkpoint = self.trainer.checkpointer.get_checkpoint_file() or "none written yet"
+        raise FloatingPointError(
+            f"Loss became non-finite at iteration {self.trainer.iter} "
+            f"({bad or 'on another process'}); training stopped before the optimizer step. "
+            f"The last checkpoint ({checkpoint}) is intact. Lower SOLVER.BASE_LR, normalise "
+            "FPN/head (MODEL.FPN.NORM, MODEL.RETINANET.NORM 'GN') or try MODEL.BIO.SCALE 'mean_abs'."
+        )
 
 
 class BioTrainer(DefaultTrainer):
@@ -70,7 +65,16 @@ class BioTrainer(DefaultTrainer):
     def __init__(self, cfg):
         with cpu_safe_ddp():
             super().__init__(cfg)
-        self._trainer.model = FiniteLossGuard(self._trainer.model, self)
+        self.model.register_forward_hook(FiniteLossCheck(self))
+
+    def train(self):
+        """
+        Returns:
+            OrderedDict or None: the results of the last evaluation (``TEST.EVAL_PERIOD``, and
+            the final one), as ``DefaultTrainer.test`` returns them.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", None)
 
     @classmethod
     def build_model(cls, cfg):
@@ -106,7 +110,7 @@ class BioTrainer(DefaultTrainer):
         if period > 0:
             from .alignment import AlignmentHook
 
-            model = self.model  # build_hooks runs before the loss guard wraps it
+            model = self.model
             if isinstance(model, DistributedDataParallel):
                 model = model.module
             # Before the writer, so its scalars are written in the same iteration.

@@ -1,0 +1,247 @@
+"""Detection models with learning rules: end to end on CPU, train_net, launch, BioPlausible."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import bio_detectron as bd
+from bio_detectron import add_bio_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTANT = os.path.join(REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml")
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+
+def instant_cfg(*opts):
+    cfg = get_cfg()
+    add_bio_config(cfg)
+    cfg.merge_from_file(INSTANT)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def batch():
+    dicts = DatasetCatalog.get("shapes_train_mini")[:2]
+    mapper = DatasetMapper(instant_cfg(), is_train=True)
+    return [mapper(copy.deepcopy(d)) for d in dicts]
+
+
+def _grads(model, batch):
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    sum(losses.values()).backward()
+    return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_bio_retinanet_backprop_equals_stock_retinanet_exactly(batch):
+    cfg = instant_cfg("MODEL.BIO.RULE", "backprop")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert type(model).__name__ == "BioRetinaNet"
+    stock_cfg = cfg.clone()
+    stock_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    stock_cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    stock = build_model(stock_cfg)
+    assert set(stock.state_dict()) == set(model.state_dict())
+    stock.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    l1, g1 = _grads(model, batch)
+    torch.manual_seed(1)
+    l2, g2 = _grads(stock, batch)
+    assert {k: v.item() for k, v in l1.items()} == {k: v.item() for k, v in l2.items()}
+    assert g1.keys() == g2.keys() and len(g1) > 50
+    # Equal up to float summation order: where a tensor feeds several layers (each FPN level
+    # feeds both head towers) autograd may add the incoming gradients in another order.
+    for k in g1:
+        scale = g2[k].abs().max().item()
+        torch.testing.assert_close(g1[k], g2[k], rtol=1e-5, atol=1e-5 * scale, msg=k)
+
+
+@pytest.mark.parametrize(
+    "rule", ["sign_symmetry", "feedback_alignment", "sign_symmetry_random_magnitude"]
+)
+def test_rule_changes_gradients_where_it_should(batch, rule):
+    torch.manual_seed(0)
+    ref = build_model(instant_cfg("MODEL.BIO.RULE", "backprop"))
+    model = build_model(instant_cfg("MODEL.BIO.RULE", rule))
+    model.load_state_dict(ref.state_dict(), strict=False)  # same weights, the rule's own B
+    rules = bd.rules_of(model)
+    assert set(rules.values()) == {rule} and len(rules) == 20 + 8 + 10
+    torch.manual_seed(1)
+    l_ref, g_ref = _grads(ref, batch)
+    torch.manual_seed(1)
+    losses, g = _grads(model, batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    for k in losses:  # same forward pass
+        torch.testing.assert_close(losses[k], l_ref[k])
+    # The last layers' weight gradients need no feedback through other layers: equal.
+    for k in ("head.cls_score.weight", "head.bbox_pred.weight"):
+        torch.testing.assert_close(g[k], g_ref[k])
+    # Everything below them gets its gradient through B.
+    for k in ("head.cls_subnet.0.weight", "backbone.fpn_output3.weight", "backbone.bottom_up.stem.conv1.weight"):
+        assert not torch.allclose(g[k], g_ref[k]), k
+
+
+def test_per_part_rules_and_exclude():
+    cfg = instant_cfg(
+        "MODEL.BIO.RULE", "feedback_alignment",
+        "MODEL.BIO.PARTS.FPN", "backprop",
+        "MODEL.BIO.PARTS.PREDICTOR", "sign_symmetry",
+        "MODEL.BIO.EXCLUDE", ["stem"],
+    )
+    rules = bd.rules_of(build_model(cfg))
+    assert rules["backbone.bottom_up.stem.conv1"] == "none"
+    assert rules["backbone.bottom_up.res2.0.conv1"] == "feedback_alignment"
+    assert rules["backbone.fpn_lateral3"] == rules["backbone.top_block.p7"] == "backprop"
+    assert rules["head.cls_subnet.0"] == "feedback_alignment"
+    assert rules["head.cls_score"] == rules["head.bbox_pred"] == "sign_symmetry"
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (["MODEL.BIO.RULE", "sign-symmetry"], "MODEL.BIO.RULE='sign-symmetry' is not a learning rule"),
+        (["MODEL.BIO.PARTS.HEAD", "fa"], "MODEL.BIO.PARTS.HEAD='fa' is not a learning rule"),
+        (["MODEL.BIO.SCALE", "huge"], "MODEL.BIO.SCALE='huge' is not allowed"),
+        (["MODEL.BIO.EXCLUDE", ["roi_heads"]], "MODEL.BIO.EXCLUDE[0]='roi_heads' matches no"),
+        (["MODEL.RETINANET.HEAD_NAME", "Nope"], "MODEL.RETINANET.HEAD_NAME='Nope' is not registered"),
+        (
+            ["MODEL.META_ARCHITECTURE", "BioPlausible", "MODEL.BIO.BASE_META_ARCHITECTURE", "Nope"],
+            "MODEL.BIO.BASE_META_ARCHITECTURE='Nope' is not a meta-architecture",
+        ),
+    ],
+)
+def test_bad_config_values_are_named(opts, message):
+    with pytest.raises(ValueError) as e:
+        build_model(instant_cfg(*opts))
+    assert message in str(e.value)
+
+
+def test_unknown_part_key_is_named():
+    # yacs names the key (an AssertionError from opts, a KeyError from a file).
+    with pytest.raises((KeyError, AssertionError), match="MODEL.BIO.PARTS.NECK"):
+        instant_cfg("MODEL.BIO.PARTS.NECK", "backprop")
+
+
+def _faster_rcnn_cfg(rule):
+    from detectron2 import model_zoo
+
+    cfg = get_cfg()
+    add_bio_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = "BioPlausible"
+    cfg.MODEL.BIO.BASE_META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.BIO.RULE = rule
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (96,), 96
+    return cfg
+
+
+def test_model_zoo_faster_rcnn_trains_a_step_through_bio_plausible():
+    cfg = _faster_rcnn_cfg("sign_symmetry")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert type(model).__name__ == "GeneralizedRCNN"  # the inner model itself
+    stock_cfg = cfg.clone()
+    stock_cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    assert set(build_model(stock_cfg).state_dict()) == set(model.state_dict())
+    rules = bd.rules_of(model)
+    assert set(rules.values()) == {"sign_symmetry"}
+    assert rules["roi_heads.box_predictor.cls_score"] == "sign_symmetry"
+    mapper = DatasetMapper(cfg, is_train=True)
+    batch = [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("shapes_train_mini")[:2]]
+    opt = torch.optim.SGD(model.parameters(), lr=0.001)
+    before = model.backbone.bottom_up.res5[0].conv1.weight.clone()
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    opt.step()
+    assert not torch.equal(before, model.backbone.bottom_up.res5[0].conv1.weight)
+
+
+def _args(*opts, config=INSTANT, **kw):
+    from detectron2.engine import default_argument_parser
+
+    args = default_argument_parser().parse_args(["--config-file", config, *map(str, opts)])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_train_net_trains_evaluates_and_resumes(tmp_path):
+    import train_net
+
+    out = str(tmp_path)
+    results = train_net.main(
+        _args("MODEL.BIO.RULE", "feedback_alignment", "OUTPUT_DIR", out)
+    )
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
+    assert 0 <= results["bbox"]["AP"] <= 100
+    for f in ("model_0000001.pth", "model_final.pth", "last_checkpoint", "metrics.json", "config.yaml"):
+        assert os.path.exists(os.path.join(out, f)), f
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    assert {"model", "trainer", "iteration"} <= set(ckpt)
+    assert "optimizer" in ckpt["trainer"]["_trainer"]
+    assert any("LRScheduler" in k for k in ckpt["trainer"]["hooks"])
+    B = ckpt["model"]["head.cls_subnet.0.feedback"]
+
+    # Resume: continues at the saved iteration with feedback buffers restored, even when the
+    # seed asks for other ones.
+    from bio_detectron.engine import BioTrainer
+
+    cfg = instant_cfg("MODEL.BIO.RULE", "feedback_alignment", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", 6, "MODEL.BIO.SEED", 5)
+    trainer = BioTrainer(cfg)
+    assert not torch.equal(trainer.model.head.cls_subnet[0].feedback, B)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 4
+    assert torch.equal(trainer.model.head.cls_subnet[0].feedback, B)
+    assert trainer.scheduler.last_epoch == 4
+    assert trainer.optimizer.state_dict()["state"]  # momentum buffers restored
+
+    # --eval-only loads the weights and evaluates.
+    results = train_net.main(
+        _args("MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out, eval_only=True)
+    )
+    assert "AP" in results["bbox"]
+
+
+def test_diverging_run_stops_with_clear_message_and_checkpoint_intact(tmp_path):
+    import train_net
+
+    out = str(tmp_path)
+    with pytest.raises(FloatingPointError) as e:
+        train_net.main(
+            _args("SOLVER.BASE_LR", 1e9, "SOLVER.MAX_ITER", 20, "SOLVER.CHECKPOINT_PERIOD", 1, "OUTPUT_DIR", out)
+        )
+    msg = str(e.value)
+    assert "Loss became non-finite at iteration" in msg and "training stopped before the optimizer step" in msg
+    last = open(os.path.join(out, "last_checkpoint")).read().strip()
+    assert last in msg or "none written yet" in msg
+    state = torch.load(os.path.join(out, last), weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_two_process_cpu_launch(tmp_path):
+    import train_net
+    from detectron2.engine import launch
+
+    out = str(tmp_path)
+    args = _args("OUTPUT_DIR", out, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, num_gpus=2)
+    launch(train_net.main, 2, dist_url="auto", args=(args,))
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "DistributedDataParallel" in log or "world size: 2" in log.lower() or "Rank of current process: 0. World size: 2" in log
