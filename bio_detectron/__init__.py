@@ -8,7 +8,7 @@ from .convert import convert_model, rules_of
 from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, is_converted
 from .rules import RULE_REGISTRY, LearningRule, available_rules, build_rule
 
-from .config import add_bio_config  # isort: skip
+from .config import add_bio_config, add_classification_config  # isort: skip
 from . import data as _data  # noqa: F401  (registers the embedded datasets)
 from . import modeling as _modeling  # noqa: F401  (registers builders)
 

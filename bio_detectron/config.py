@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_bio_config"]
+__all__ = ["add_bio_config", "add_classification_config"]
 
 
 def add_bio_config(cfg):

@@ -312,7 +312,6 @@ def test_checkpoint_of_another_architecture_is_an_error(tmp_path, shapes_root):
 
 
 def test_checkpoint_initialises_retinanet_resnet18_backbone(tmp_path, shapes_root):
-    from detectron2 import model_zoo
     from detectron2.modeling import build_model
 
     cfg = make_cfg(
@@ -324,20 +323,16 @@ def test_checkpoint_initialises_retinanet_resnet18_backbone(tmp_path, shapes_roo
     path = str(tmp_path / "model_final.pth")
     checkpoint = torch.load(path, weights_only=False)["model"]
 
+    # The COCO config of the paper's set-up, pointed at this checkpoint.
     det_cfg = get_cfg()
     add_bio_config(det_cfg)
-    det_cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
-    det_cfg.merge_from_list(
-        [
-            "MODEL.DEVICE", "cpu",
-            "MODEL.RESNETS.DEPTH", 18,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-            "MODEL.RESNETS.NORM", "BN",
-            "MODEL.BACKBONE.FREEZE_AT", 0,
-            "MODEL.BIO.RULE", "feedback_alignment",
-        ]
-    )  # fmt: skip
-    detector = convert_from_cfg(build_model(det_cfg), det_cfg)
+    det_cfg.merge_from_file(
+        os.path.join(REPO, "configs/COCO-Detection/retinanet_R_18_FPN_feedback_alignment_1x.yaml")
+    )
+    # The classifier's scale, so that the seeds alone can be checked to agree before loading.
+    det_cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path, "MODEL.BIO.SCALE", "kaiming"])
+    detector = build_model(det_cfg)
+    assert type(detector).__name__ == "BioRetinaNet"
     bottom_up = {
         k: v for k, v in detector.state_dict().items() if k.startswith("backbone.bottom_up.")
     }
@@ -346,7 +341,7 @@ def test_checkpoint_initialises_retinanet_resnet18_backbone(tmp_path, shapes_roo
     assert len(feedback) == 20
     assert all(torch.equal(bottom_up[k], checkpoint[k]) for k in feedback)
 
-    DetectionCheckpointer(detector).load(path)
+    DetectionCheckpointer(detector).load(det_cfg.MODEL.WEIGHTS)
     bottom_up = {
         k: v for k, v in detector.state_dict().items() if k.startswith("backbone.bottom_up.")
     }

@@ -10,6 +10,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import bio_detectron  # noqa: F401  (registers backbones, heads, meta-architectures, datasets)
 from bio_detectron import add_bio_config
@@ -25,6 +27,7 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"  # so that configs written for GPUs also run on a laptop
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bio_detectron")
     return cfg
 
 

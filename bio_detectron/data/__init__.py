@@ -13,6 +13,14 @@ from .datasets import (
     load_coco_dataset,
     register_shapes_dataset,
 )
+from .imagenet import (
+    ImageFolderDataset,
+    UnreadableImageError,
+    build_classification_dataset,
+    build_classification_test_loader,
+    build_classification_train_loader,
+    classification_root,
+)
 from .shapes import (
     CLASSIFICATION_CLASSES,
     DETECTION_CLASSES,
@@ -24,6 +32,12 @@ from .shapes import (
 )
 
 __all__ = [
+    "ImageFolderDataset",
+    "UnreadableImageError",
+    "build_classification_dataset",
+    "build_classification_test_loader",
+    "build_classification_train_loader",
+    "classification_root",
     "CLASSIFICATION_CLASSES",
     "DETECTION_CLASSES",
     "CheckedDatasetMapper",

@@ -10,9 +10,9 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
+from .alignment import build_alignment_hook
 from .ddp import all_ranks_true, cpu_safe_ddp
 
 __all__ = ["BioTrainer", "FiniteLossCheck"]
@@ -106,13 +106,6 @@ class BioTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
-        period = self.cfg.MODEL.BIO.ALIGNMENT.PERIOD
-        if period > 0:
-            from .alignment import AlignmentHook
-
-            model = self.model
-            if isinstance(model, DistributedDataParallel):
-                model = model.module
-            # Before the writer, so its scalars are written in the same iteration.
-            hooks.insert(-1, AlignmentHook(period, model))
+        # Before the writer, so its scalars are written in the same iteration; None when off.
+        hooks.insert(-1, build_alignment_hook(self.cfg, self.model))
         return hooks

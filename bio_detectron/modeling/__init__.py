@@ -3,3 +3,10 @@ from .backbone import build_bio_resnet_backbone, build_bio_retinanet_resnet_fpn_
 from .meta_arch import BioPlausible
 from .parts import PARTS, convert_from_cfg, convert_parts, part_of, rules_from_cfg
 from .retinanet import RETINANET_HEAD_REGISTRY, BioRetinaNet, BioRetinaNetHead, build_retinanet_head
+from .classification import (
+    CLASSIFIER_REGISTRY,
+    AlexNet,
+    ImageClassifier,
+    ResNetClassifier,
+    build_classifier,
+)
