@@ -249,7 +249,7 @@ def test_non_finite_loss_stops_before_the_step(tmp_path, shapes_root):
         if trainer.iter == 1:
             return {k: v * float("nan") for k, v in output.items()}
 
-    model.register_forward_hook(poison)
+    model.register_forward_hook(poison, prepend=True)  # before the trainer's check: the model's own
     with pytest.raises(FloatingPointError, match="iteration 1 .*model_0000000.pth. is intact"):
         trainer.train()
     saved = torch.load(tmp_path / "model_0000000.pth", weights_only=False)["model"]

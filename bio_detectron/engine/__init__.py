@@ -8,4 +8,5 @@ from .classification import (
     evaluate_classifier,
 )
 from .ddp import cpu_safe_ddp, create_ddp_model
-from .trainer import BioTrainer, FiniteLossCheck
+from .hooks import FiniteLossCheck
+from .trainer import BioTrainer

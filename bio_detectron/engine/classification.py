@@ -29,7 +29,8 @@ from ..data.imagenet import (
     build_classification_train_loader,
 )
 from ..modeling.classification import build_classifier
-from .ddp import all_ranks_true, create_ddp_model
+from .ddp import create_ddp_model, sync_batchnorm_if_distributed
+from .hooks import FiniteLossCheck
 
 __all__ = [
     "ClassificationCheckpointer",
@@ -214,17 +215,12 @@ class ClassificationTrainer(SimpleTrainer):
         self.iters_per_epoch = data_loader.iters_per_epoch
         self._last_eval_results = None
         self.register_hooks(self.build_hooks())
+        self.model.register_forward_hook(FiniteLossCheck(self))
 
     @classmethod
     def build_model(cls, cfg, num_classes: int) -> nn.Module:
         """The classifier, converted by ``MODEL.BIO``, on ``MODEL.DEVICE``."""
-        model = build_classifier(cfg, num_classes)
-        if (
-            cfg.MODEL.BIO.SYNC_BN
-            and comm.get_world_size() > 1
-            and torch.device(cfg.MODEL.DEVICE).type == "cuda"
-        ):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = sync_batchnorm_if_distributed(build_classifier(cfg, num_classes), cfg)
         logger.info(f"Model:\n{model}")
         return model
 
@@ -306,22 +302,6 @@ class ClassificationTrainer(SimpleTrainer):
         self.storage.put_scalar("[metric]images_per_s", batch / (time.perf_counter() - start))
         if self.train_set.skip_unreadable:
             self.storage.put_scalar("data/skipped_images", self.train_set.num_skipped)
-
-    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "", iter=None):
-        # Runs after backward and before the optimizer step, on every process: all of them must
-        # stop, or the others would wait in the next all-reduce.
-        iter = self.iter if iter is None else iter
-        total = sum(v.detach().float() for v in loss_dict.values())
-        if not all_ranks_true(bool(torch.isfinite(total)), total.device):
-            losses = {k: float(v) for k, v in loss_dict.items()}
-            checkpoint = self.checkpointer.get_checkpoint_file() or "none written yet"
-            raise FloatingPointError(
-                f"Loss became non-finite at iteration {iter} ({losses} on process "
-                f"{comm.get_rank()}); training stopped before the optimizer step. The last "
-                f"checkpoint ({checkpoint}) is intact. Lower SOLVER.BASE_LR or try "
-                "MODEL.BIO.SCALE 'mean_abs'."
-            )
-        super()._write_metrics(loss_dict, data_time, prefix, iter)
 
 
 class AMPClassificationTrainer(ClassificationTrainer, AMPTrainer):

@@ -1,11 +1,18 @@
 """DistributedDataParallel that also works for CPU processes (gloo)."""
+
 import contextlib
 
 import torch
 from detectron2.utils import comm
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["create_ddp_model", "cpu_safe_ddp"]
+__all__ = [
+    "create_ddp_model",
+    "cpu_safe_ddp",
+    "all_ranks_true",
+    "sync_batchnorm_if_distributed",
+]
 
 
 def create_ddp_model(model, *, fp16_compression=False, **kwargs):
@@ -47,3 +54,17 @@ def all_ranks_true(flag: bool, device) -> bool:
     t = torch.tensor([0.0 if flag else 1.0], device=device)
     torch.distributed.all_reduce(t)
     return t.item() == 0
+
+
+def sync_batchnorm_if_distributed(model, cfg):
+    """
+    BatchNorm layers become SyncBatchNorm when ``MODEL.BIO.SYNC_BN`` is on and several CUDA
+    processes train (SyncBatchNorm has no CPU implementation).
+    """
+    if (
+        cfg.MODEL.BIO.SYNC_BN
+        and comm.get_world_size() > 1
+        and torch.device(cfg.MODEL.DEVICE).type == "cuda"
+    ):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model

@@ -1,52 +1,20 @@
 """The detection trainer: detectron2's DefaultTrainer with bio_detectron's pieces plugged in."""
-import logging
-import math
-import os
-import weakref
 
-import torch
+import logging
+import os
+
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
-from detectron2.utils import comm
-from torch import nn
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
 from .alignment import build_alignment_hook
-from .ddp import all_ranks_true, cpu_safe_ddp
+from .ddp import cpu_safe_ddp, sync_batchnorm_if_distributed
+from .hooks import FiniteLossCheck
 
-__all__ = ["BioTrainer", "FiniteLossCheck"]
+__all__ = ["BioTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-class FiniteLossCheck:
-    """
-    A forward hook for the model the training loop calls: a non-finite loss stops the run before
-    the backward pass and the optimizer step, so weights stay finite and no checkpoint written so
-    far is touched. All processes agree on the verdict, so none of them waits forever in the next
-    gradient all-reduce.
-    """
-
-    def __init__(self, trainer):
-        self.trainer = weakref.proxy(trainer)
-
-    def __call__(self, module, inputs, loss_dict):
-        if not module.training:  # evaluation hooks call the trainer's model too
-            return
-        losses = loss_dict if isinstance(loss_dict, dict) else {"total_loss": loss_dict}
-        total = sum(v.detach().float().sum() for v in losses.values())
-        if all_ranks_true(bool(torch.isfinite(total)), total.device):
-            return
-        bad = {k: float(v.detach().float().sum()) for k, v in losses.items()}
-        bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
-        checkpoint = self.trainer.checkpointer.get_checkpoint_file() or "none written yet"
-        raise FloatingPointError(
-            f"Loss became non-finite at iteration {self.trainer.iter} "
-            f"({bad or 'on another process'}); training stopped before the optimizer step. "
-            f"The last checkpoint ({checkpoint}) is intact. Lower SOLVER.BASE_LR, normalise "
-            "FPN/head (MODEL.FPN.NORM, MODEL.RETINANET.NORM 'GN') or try MODEL.BIO.SCALE 'mean_abs'."
-        )
 
 
 class BioTrainer(DefaultTrainer):
@@ -78,14 +46,7 @@ class BioTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        if (
-            cfg.MODEL.BIO.SYNC_BN
-            and comm.get_world_size() > 1
-            and torch.device(cfg.MODEL.DEVICE).type == "cuda"
-        ):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model
+        return sync_batchnorm_if_distributed(super().build_model(cfg), cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
