@@ -147,28 +147,29 @@ class Backprop(LearningRule):
         return weight
 
 
-@RULE_REGISTRY.register()
-class SignSymmetry(LearningRule):
-    """B = sign(W) * s, recomputed as W changes (Liao, Leibo & Poggio 2016; Xiao et al. 2018)."""
-
-    name = "sign_symmetry"
+class ScaledRule(LearningRule):
+    """A rule with one option, ``scale``: see :func:`feedback_scale`."""
 
     def __init__(self, scale="kaiming"):
         self.scale = _check_scale(scale)
+
+
+@RULE_REGISTRY.register()
+class SignSymmetry(ScaledRule):
+    """B = sign(W) * s, recomputed as W changes (Liao, Leibo & Poggio 2016; Xiao et al. 2018)."""
+
+    name = "sign_symmetry"
 
     def feedback(self, weight, state):
         return torch.sign(weight).mul_(feedback_scale(self.scale, weight))
 
 
 @RULE_REGISTRY.register()
-class SignSymmetryRandomMagnitude(LearningRule):
+class SignSymmetryRandomMagnitude(ScaledRule):
     """B = |R| * sign(W): the signs of W with fixed random magnitudes, R ~ N(0, s^2)."""
 
     name = "sign_symmetry_random_magnitude"
     fixed = True
-
-    def __init__(self, scale="kaiming"):
-        self.scale = _check_scale(scale)
 
     def init_feedback(self, weight, generator):
         r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
@@ -179,14 +180,11 @@ class SignSymmetryRandomMagnitude(LearningRule):
 
 
 @RULE_REGISTRY.register()
-class FeedbackAlignment(LearningRule):
+class FeedbackAlignment(ScaledRule):
     """B fixed random, B ~ N(0, s^2), never updated (Lillicrap et al. 2016)."""
 
     name = "feedback_alignment"
     fixed = True
-
-    def __init__(self, scale="kaiming"):
-        self.scale = _check_scale(scale)
 
     def init_feedback(self, weight, generator):
         r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
@@ -197,14 +195,11 @@ class FeedbackAlignment(LearningRule):
 
 
 @RULE_REGISTRY.register()
-class FeedbackAlignmentSignedInit(LearningRule):
+class FeedbackAlignmentSignedInit(ScaledRule):
     """B = sign(W at conversion) * s, then fixed: sign-symmetric at first, drifting as W learns."""
 
     name = "feedback_alignment_signed_init"
     fixed = True
-
-    def __init__(self, scale="kaiming"):
-        self.scale = _check_scale(scale)
 
     def init_feedback(self, weight, generator):
         w = weight.detach().cpu().float()
