@@ -1,8 +1,9 @@
 """Config keys of bio_detectron, added to a detectron2 config by :func:`add_bio_config`."""
 
+import torch
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_bio_config", "add_classification_config"]
+__all__ = ["add_bio_config", "add_classification_config", "fall_back_to_cpu"]
 
 
 def add_bio_config(cfg):
@@ -113,3 +114,10 @@ def add_classification_config(cfg):
     # lr = BASE_LR * SOLVER.IMS_PER_BATCH / LR_REFERENCE_BATCH (0.1 at 256 -> 0.4 at 1024).
     # 0: no scaling, the run uses BASE_LR as it is.
     _C.SOLVER.LR_REFERENCE_BATCH = 256
+
+
+def fall_back_to_cpu(cfg):
+    """Set ``MODEL.DEVICE`` to "cpu" when it names CUDA and none is available, so that configs
+    written for GPUs also run on a laptop. ``cfg`` must not be frozen."""
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.MODEL.DEVICE = "cpu"

@@ -29,7 +29,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
-from bio_detectron.config import add_bio_config, add_classification_config
+from bio_detectron.config import add_bio_config, add_classification_config, fall_back_to_cpu
 from bio_detectron.engine.classification import (
     AMPClassificationTrainer,
     build_classification_trainer,
@@ -42,8 +42,7 @@ def setup(args, output_dir):
     add_classification_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg)
     # A long, flat schedule and no periodic checkpoint or evaluation within the benchmark.
     never = 10**9
     cfg.merge_from_list(["SOLVER.MAX_ITER", never, "SOLVER.STEP_EPOCHS", (), "SOLVER.EPOCHS", 1])

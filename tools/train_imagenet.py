@@ -12,13 +12,12 @@ Without DATASETS.IMAGENET_ROOT or $IMAGENET_ROOT it trains on the generated shap
 machine without CUDA it runs on the CPU, ``--num-gpus N`` starting N processes (gloo).
 """
 
-import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from bio_detectron.config import add_bio_config, add_classification_config
+from bio_detectron.config import add_bio_config, add_classification_config, fall_back_to_cpu
 from bio_detectron.engine.classification import build_classification_trainer, evaluate_checkpoint
 
 
@@ -28,8 +27,7 @@ def setup(args):
     add_classification_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"  # so that configs written for GPUs also run on a laptop
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bio_detectron")

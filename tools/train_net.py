@@ -6,7 +6,7 @@ Train and evaluate detectron2 models with biologically-plausible learning rules.
     python tools/train_net.py --config-file ... --num-gpus 2              # 2 processes (CPU: gloo)
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
-import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -14,7 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bio_detectron  # noqa: F401  (registers backbones, heads, meta-architectures, datasets)
-from bio_detectron import add_bio_config
+from bio_detectron.config import add_bio_config, fall_back_to_cpu
 from bio_detectron.engine import BioTrainer
 
 
@@ -23,8 +23,7 @@ def setup(args):
     add_bio_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"  # so that configs written for GPUs also run on a laptop
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bio_detectron")
