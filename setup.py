@@ -25,7 +25,7 @@ setup(
         "tabulate",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "timm"]},  # timm: detectron2 ViTDet
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

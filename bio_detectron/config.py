@@ -1,9 +1,46 @@
 """Config keys of bio_detectron, added to a detectron2 config by :func:`add_bio_config`."""
 
+import numbers
+
 import torch
+import yacs.config
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_bio_config", "add_classification_config", "fall_back_to_cpu"]
+
+# Keys whose value is a string or a number: a number from a YAML file or a command line
+# (``MODEL.BIO.SCALE 0.01``) is kept as its string, so the key keeps one type.
+STRING_OR_NUMBER_KEYS = ("MODEL.BIO.SCALE",)
+
+
+def _coerce_string_or_number(check):
+    """
+    yacs checks that a merged value has the default's type, in ``merge_from_list`` and
+    ``merge_from_file`` alike, through the module function ``_check_and_coerce_cfg_value_type``,
+    and offers no seam to allow a second type for one key. This wraps that function so that the
+    keys of :data:`STRING_OR_NUMBER_KEYS` accept a number (stored as its string); every other key
+    is checked by yacs as before. ``tests/test_detection.py`` fails if yacs stops calling it.
+    """
+    if getattr(check, "_bio_detectron", False):
+        return check
+
+    def coerce(replacement, original, key, full_key):
+        if (
+            full_key in STRING_OR_NUMBER_KEYS
+            and isinstance(original, str)
+            and isinstance(replacement, numbers.Real)
+            and not isinstance(replacement, bool)
+        ):
+            return repr(replacement)
+        return check(replacement, original, key, full_key)
+
+    coerce._bio_detectron = True
+    return coerce
+
+
+yacs.config._check_and_coerce_cfg_value_type = _coerce_string_or_number(
+    yacs.config._check_and_coerce_cfg_value_type
+)
 
 
 def add_bio_config(cfg):
@@ -34,11 +71,16 @@ def add_bio_config(cfg):
     # Scale s of the feedback weight, for every rule but backprop: "kaiming"
     # (sqrt(2/(k*k*C_out)) for a conv, 1/sqrt(fan_in) for a linear layer: the seed paper's code),
     # "mean_abs" (mean |W| of the layer; recomputed each step by sign_symmetry), or a positive
-    # number written as a string, e.g. "0.01".
+    # number (0.01, or "0.01"; kept as a string).
     _C.MODEL.BIO.SCALE = "kaiming"
     # Regexes (re.search) on full module names (as in model.named_modules()) of layers that keep
-    # plain autograd. Each must match at least one Conv2d/Linear of the model.
+    # plain autograd. Each must match at least one convolution/Linear of the model.
     _C.MODEL.BIO.EXCLUDE = []
+    # A layer the rule cannot act on (a conv subclass that computes its convolution itself, the
+    # out_proj of nn.MultiheadAttention, a weight shared with another module): "error" stops the
+    # build naming each such layer; "skip" leaves them on plain autograd with a warning naming
+    # each (rules_of reports "none" for them).
+    _C.MODEL.BIO.UNSUPPORTED = "error"
     # The meta-architecture that MODEL.META_ARCHITECTURE "BioPlausible" builds and converts,
     # e.g. "GeneralizedRCNN" or "RetinaNet" (any name in META_ARCH_REGISTRY).
     _C.MODEL.BIO.BASE_META_ARCHITECTURE = "GeneralizedRCNN"

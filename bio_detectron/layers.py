@@ -1,32 +1,52 @@
-"""Conv2d and Linear layers whose backward pass uses a learning rule's feedback weight B.
+"""Convolution and linear layers whose backward pass uses a learning rule's feedback weight B.
 
-There is exactly one autograd path for convolutions and one for linear layers, whatever the rule:
-the rule only supplies B. Per conv, the backward is the single ``aten.convolution_backward`` call
-that native autograd makes, with B passed where W would be: it returns the input gradient
-computed with B and the true weight gradient (which depends on the input and the output gradient
-only). Nothing beyond what native autograd saves is kept for the backward pass, and B is made only
-when the backward pass runs.
+There is exactly one autograd path for convolutions (1-, 2- and 3-d, transposed or not) and one for
+linear layers, whatever the rule: the rule only supplies B. Per conv, the backward is the single
+``aten.convolution_backward`` call that native autograd makes, with B passed where W would be: it
+returns the input gradient computed with B and the true weight gradient (which depends on the input
+and the output gradient only). Nothing beyond what native autograd saves is kept for the backward
+pass, and B is made only when the backward pass runs.
+
+When no gradient is needed (``torch.no_grad``, ``inference_mode``, parameters and input that do not
+require grad, ``torch.jit.trace``, ``torch.export``) a converted layer runs its stock forward
+(``F.conv2d``, ``F.linear``, ...), so evaluation costs what it costs without the rule, and traced or
+exported graphs are the stock ones.
 
 Layers are converted in place by swapping their class (see :func:`feedback_class`), so that every
 reference to them stays valid (detectron2's FPN, for one, keeps its convs in plain lists too) and
-parameter names, values and ``isinstance`` checks are unchanged.
+parameter names, values and ``isinstance`` checks are unchanged. Converted layers pickle and
+deep-copy by their original class, so a saved model loads in a fresh process.
 """
-from typing import Optional
+import logging
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from .rules import LearningRule, build_rule, layer_seed
 
 __all__ = [
+    "LAYER_TYPES",
     "FeedbackLayer",
     "FeedbackConv2d",
     "FeedbackLinear",
     "feedback_class",
     "convert_layer",
+    "revert_layer",
+    "unsupported_reason",
     "is_converted",
 ]
+
+logger = logging.getLogger(__name__)
+
+# The layer types a rule can act on; subclasses included (see unsupported_reason for the limits).
+LAYER_TYPES = (_ConvNd, nn.Linear)
+
+# Key of a converted layer's entry in a state dict's per-module metadata: the tag of the rule
+# that made the layer's ``feedback`` tensor (LearningRule.tag()).
+METADATA_KEY = "bio_rule"
 
 
 def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
@@ -36,59 +56,61 @@ def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     return None
 
 
-class _FeedbackConv2dFunction(torch.autograd.Function):
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+class _FeedbackConvFunction(torch.autograd.Function):
+    """Every convolution: ``args`` = (stride, padding, dilation, transposed, output_padding,
+    groups), as ``aten.convolution`` takes them."""
+
     @staticmethod
-    def forward(ctx, input, weight, bias, rule, state, stride, padding, dilation, groups):
+    def forward(ctx, input, weight, bias, state, rule, args):
         ctx.save_for_backward(input, weight, state)
-        ctx.rule = rule
-        ctx.conv_args = (stride, padding, dilation, groups)
-        ctx.has_bias = bias is not None
-        return torch.ops.aten.convolution(
-            input, weight, bias, stride, padding, dilation, False, [0, 0], groups
-        )
+        ctx.rule, ctx.args, ctx.has_bias = rule, args, bias is not None
+        return torch.ops.aten.convolution(input, weight, bias, *args)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight, state = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv_args
-        feedback = ctx.rule.feedback(weight, state)
-        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
+        feedback = ctx.rule.feedback(weight, state) if need_input else weight
+        _, _, _, transposed, _, _ = ctx.args
+        bias_sizes = [weight.shape[1] * ctx.args[5] if transposed else weight.shape[0]]
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_output,
             input,
             feedback,
-            [weight.shape[0]] if ctx.has_bias else None,
-            stride,
-            padding,
-            dilation,
-            False,
-            [0, 0],
-            groups,
-            [need_input, need_weight, need_bias and ctx.has_bias],
+            bias_sizes if ctx.has_bias else None,
+            *ctx.args,
+            [need_input, need_weight or need_state, need_bias and ctx.has_bias],
         )
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+        grad_state = ctx.rule.state_grad(grad_weight) if need_state else None
+        return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None, None
 
 
 class _FeedbackLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, weight, bias, rule, state):
+    def forward(ctx, input, weight, bias, state, rule):
         ctx.save_for_backward(input, weight, state)
-        ctx.rule = rule
-        ctx.has_bias = bias is not None
+        ctx.rule, ctx.has_bias = rule, bias is not None
         return F.linear(input, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight, state = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
+        grad_input = grad_weight = grad_bias = grad_state = None
+        if need_input:
             grad_input = grad_output.matmul(ctx.rule.feedback(weight, state))
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
-        if ctx.needs_input_grad[1]:
+        if need_weight or need_state:
             grad_weight = grad_2d.t().mm(input.reshape(-1, input.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if need_state:
+            grad_state = ctx.rule.state_grad(grad_weight)
+        if ctx.has_bias and need_bias:
             grad_bias = grad_2d.sum(0)
-        return grad_input, grad_weight, grad_bias, None, None
+        return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None
 
 
 class FeedbackLayer:
@@ -97,11 +119,25 @@ class FeedbackLayer:
 
     * ``learning_rule``: the :class:`~bio_detectron.rules.LearningRule` object;
     * ``rule``: its name;
-    * ``feedback``: a buffer holding the rule's fixed state, for rules that keep one;
+    * ``feedback``: the rule's state, for rules that keep one (a buffer, or a parameter for rules
+      whose state the optimizer trains);
     * :meth:`feedback_weight`: the B its next backward pass will use.
+
+    **When the state is made.** ``feedback`` is made by the rule from the layer's weight and a
+    generator seeded with (seed, module name) only. It is made again, in place, at the layer's
+    first forward pass that needs a gradient, from the weights the layer has then: the weights
+    training starts from, after ``MODEL.WEIGHTS`` or any other checkpoint was loaded and after
+    DistributedDataParallel gave every process rank 0's weights. So every process makes the same B
+    without communication, and B describes the network that trains, not its random init. It is not
+    made again after that, nor when a checkpoint that carries ``feedback`` made by the same rule
+    (same options) was loaded: that restores it exactly (resume, hand-off). Loading a checkpoint
+    without ``feedback`` but with the layer's weight marks it to be made again from those weights;
+    a ``feedback`` made by another rule or with other options is replaced the same way, with a
+    warning naming the layer. :func:`make_feedback_now` makes it at once instead.
     """
 
     learning_rule: LearningRule
+    _bio_base: type  # the class the layer had before conversion (set on converted classes)
 
     @property
     def rule(self) -> str:
@@ -113,96 +149,217 @@ class FeedbackLayer:
 
         Args:
             rule (str or LearningRule): see :func:`~bio_detectron.rules.build_rule`.
-            seed (int): the run's seed; with ``name`` it decides the layer's fixed feedback.
+            seed (int): the run's seed; with ``name`` it decides the layer's state.
             name (str): the layer's module name in its model.
         """
         self.learning_rule = build_rule(rule, **options)
-        generator = torch.Generator().manual_seed(layer_seed(seed, name))
-        state = self.learning_rule.init_feedback(self.weight, generator)
-        if "feedback" in self._buffers:
-            del self._buffers["feedback"]
-        if state is not None:
-            self.register_buffer("feedback", state.to(self.weight.device))
+        self.bio_seed, self.bio_name = int(seed), name
+        self._buffers.pop("feedback", None)
+        self._parameters.pop("feedback", None)
+        self._feedback_pending = False
+        state = self._make_state()
+        if state is None:
+            return
+        if self.learning_rule.state_kind == "parameter":
+            self.register_parameter("feedback", nn.Parameter(state))
+        else:
+            self.register_buffer("feedback", state)
+        self._feedback_pending = True
 
-    def _feedback_state(self) -> Optional[torch.Tensor]:
-        return self._buffers.get("feedback")
+    def _state(self) -> Optional[torch.Tensor]:
+        return self._buffers.get("feedback", self._parameters.get("feedback"))
+
+    def _make_state(self) -> Optional[torch.Tensor]:
+        """The rule's state made from the current weight (deterministic: seed, name, W)."""
+        generator = torch.Generator().manual_seed(layer_seed(self.bio_seed, self.bio_name))
+        weight = self.weight.detach()
+        state = self.learning_rule.init_feedback(weight.cpu().float(), generator)
+        if state is None:
+            return None
+        if tuple(state.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"{type(self.learning_rule).__name__}.init_feedback made a state of shape "
+                f"{tuple(state.shape)} for {self.bio_name or 'a layer'} with weight "
+                f"{tuple(weight.shape)}; it must be shaped like W"
+            )
+        return state.to(device=weight.device, dtype=weight.dtype)
+
+    @torch.no_grad()
+    def make_feedback_now(self):
+        """Make the rule's state from the current weight now, in place (see the class doc)."""
+        state = self._state()
+        # (The alignment probe lends a layer the backprop rule, which keeps no state, for a pass.)
+        if state is not None and self.learning_rule.state_kind is not None:
+            state.copy_(self._make_state())
+            self._feedback_pending = False
+
+    def _state_for_backward(self) -> Optional[torch.Tensor]:
+        if self._feedback_pending:
+            self.make_feedback_now()
+        return self._state()
 
     @torch.no_grad()
     def feedback_weight(self) -> torch.Tensor:
         """
         Returns:
-            Tensor: B, the weight the backward pass uses in place of W to propagate gradients.
+            Tensor: B, the weight the next backward pass uses in place of W to propagate gradients
+            (before the first training step: the B that the current weights would give).
         """
-        return self.learning_rule.feedback(self.weight, self._feedback_state())
+        state = self._make_state() if self._feedback_pending else self._state()
+        return self.learning_rule.feedback(self.weight, state)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A checkpoint of the unconverted model has no feedback buffer: keep the one made at
-        # conversion rather than reporting it missing, so stock checkpoints load strictly.
-        key = prefix + "feedback"
-        if "feedback" in self._buffers and key not in state_dict:
-            state_dict[key] = self._buffers["feedback"]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _uses_rule(self, input: torch.Tensor) -> bool:
+        """Whether this forward pass goes through the rule's autograd path."""
+        return (
+            torch.is_grad_enabled()
+            and (input.requires_grad or self.weight.requires_grad)
+            and not _tracing()
+        )
+
+    def _cast_for_autocast(self, input, weight, bias):
+        dtype = _autocast_dtype(input)
+        if dtype is not None:
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return input, weight, bias
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Module.state_dict keeps per-module metadata (the module's version) in
+        # destination._metadata, pickled with the state dict; the rule's tag rides along there.
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None and self._state() is not None:
+            metadata.setdefault(prefix[:-1], {})[METADATA_KEY] = self.learning_rule.tag()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if self._state() is None:
+            return
+        key, tag = prefix + "feedback", self.learning_rule.tag()
+        if key not in state_dict:
+            # A checkpoint of the unconverted model (model zoo, torchvision) or of a rule without
+            # state: not missing; the state is made from the weights loaded, if any.
+            if key in missing_keys:
+                missing_keys.remove(key)
+            if prefix + "weight" in state_dict:
+                self._feedback_pending = True
+            return
+        saved = (local_metadata or {}).get(METADATA_KEY)
+        if saved == tag:
+            self._feedback_pending = False
+        elif saved is None:
+            self._feedback_pending = False
+            logger.warning(
+                f"{key}: the checkpoint does not record which rule made this feedback tensor; it "
+                f"is taken as the state of {tag}"
+            )
+        else:
+            self._feedback_pending = True
+            logger.warning(
+                f"{key}: the checkpoint's feedback was made by {saved}, but this layer learns with "
+                f"{tag}; it is not used: the layer's feedback is made again from its weights at "
+                "the first training step"
+            )
+
+    def __reduce_ex__(self, protocol):
+        # Pickle (torch.save(model), deepcopy) by the original class, whose feedback class is
+        # rebuilt on load: generated classes do not exist in a fresh process until then.
+        reduced = super().__reduce_ex__(protocol)
+        return (_new_converted, (self._bio_base,)) + tuple(reduced[2:])
 
     def extra_repr(self):
         return super().extra_repr() + f", rule={self.rule}"
 
 
-class FeedbackConv2dMixin(FeedbackLayer):
-    def _conv_forward(self, input, weight, bias):
-        padding = self.padding
-        if self.padding_mode != "zeros" or isinstance(padding, str):
-            pad = self._reversed_padding_repeated_twice
-            symmetric = all(pad[i] == pad[i + 1] for i in range(0, len(pad), 2))
-            if self.padding_mode == "zeros" and symmetric:
-                padding = (pad[2], pad[0])
-            else:
-                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-                input, padding = F.pad(input, pad, mode=mode), (0, 0)
-        dtype = _autocast_dtype(input)
-        if dtype is not None:
-            input, weight = input.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        return _FeedbackConv2dFunction.apply(
-            input,
-            weight,
-            bias,
-            self.learning_rule,
-            self._feedback_state(),
+def _new_converted(base: type):
+    """Unpickling: an empty instance of ``base``'s feedback class (its state follows)."""
+    cls = feedback_class(base)
+    return cls.__new__(cls)
+
+
+class FeedbackConvMixin(FeedbackLayer):
+    """Convolutions (``_ConvNd`` subclasses): every forward ends in :meth:`_feedback_conv`."""
+
+    def _feedback_conv(self, input, weight, bias, padding, output_padding):
+        input, weight, bias = self._cast_for_autocast(input, weight, bias)
+        args = (
             list(self.stride),
             list(padding),
             list(self.dilation),
+            self.transposed,
+            list(output_padding),
             self.groups,
         )
+        return _FeedbackConvFunction.apply(
+            input, weight, bias, self._state_for_backward(), self.learning_rule, args
+        )
+
+    def _conv_forward(self, input, weight, bias):
+        # Called by nn.Conv{1,2,3}d.forward, by subclasses' forwards that call it, and by the
+        # conv-norm-activation forward below.
+        if not self._uses_rule(input):
+            return self._bio_base._conv_forward(self, input, weight, bias)
+        n = len(self.kernel_size)
+        padding = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):
+            pad = self._reversed_padding_repeated_twice  # last dim first, (before, after) each
+            symmetric = all(pad[i] == pad[i + 1] for i in range(0, 2 * n, 2))
+            if self.padding_mode == "zeros" and symmetric:
+                padding = tuple(pad[2 * (n - 1 - i)] for i in range(n))
+            else:
+                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+                input, padding = F.pad(input, pad, mode=mode), (0,) * n
+        return self._feedback_conv(input, weight, bias, padding, (0,) * n)
 
     def _conv_norm_activation_forward(self, x):
-        # nn.Conv2d's forward, and detectron2's Conv2d (which calls F.conv2d itself, then its
-        # optional norm and activation).
+        # detectron2's Conv2d: the convolution, then its optional norm and activation.
+        if not self._uses_rule(x):
+            return self._bio_base.forward(self, x)
         x = self._conv_forward(x, self.weight, self.bias)
-        if getattr(self, "norm", None) is not None:
+        if self.norm is not None:
             x = self.norm(x)
-        if getattr(self, "activation", None) is not None:
+        if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _transposed_forward(self, input, output_size=None):
+        # nn.ConvTranspose{1,2,3}d.forward, through the rule's path.
+        if not self._uses_rule(input):
+            return self._bio_base.forward(self, input, output_size)
+        if self.padding_mode != "zeros":
+            raise ValueError(
+                f"Only 'zeros' padding mode is supported for {self._bio_base.__name__}"
+            )
+        n = len(self.kernel_size)
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation
+        )
+        return self._feedback_conv(input, self.weight, self.bias, self.padding, output_padding)
 
 
 class FeedbackLinearMixin(FeedbackLayer):
     def forward(self, input):
-        weight, bias = self.weight, self.bias
-        dtype = _autocast_dtype(input)
-        if dtype is not None:
-            input, weight = input.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
+        if not self._uses_rule(input):
+            return self._bio_base.forward(self, input)
+        input, weight, bias = self._cast_for_autocast(input, self.weight, self.bias)
         return _FeedbackLinearFunction.apply(
-            input, weight, bias, self.learning_rule, self._feedback_state()
+            input, weight, bias, self._state_for_backward(), self.learning_rule
         )
 
 
-class FeedbackConv2d(FeedbackConv2dMixin, nn.Conv2d):
+class FeedbackConv2d(FeedbackConvMixin, nn.Conv2d):
     """
     ``nn.Conv2d`` trained with a learning rule. Takes nn.Conv2d's arguments plus ``rule``,
     ``seed``, ``name`` and ``rule_options``; optional ``norm`` and ``activation`` modules are
     applied after the convolution, as in detectron2's ``Conv2d``.
     """
+
+    _bio_base = nn.Conv2d
 
     def __init__(
         self, *args, rule="backprop", seed=0, name="", rule_options=None, norm=None,
@@ -212,11 +369,20 @@ class FeedbackConv2d(FeedbackConv2dMixin, nn.Conv2d):
         self.norm, self.activation = norm, activation
         self.set_rule(rule, seed=seed, name=name, **(rule_options or {}))
 
-    forward = FeedbackConv2dMixin._conv_norm_activation_forward
+    def forward(self, x):
+        # Also the forward of converted nn.Conv2d layers, which have no norm or activation.
+        x = self._conv_forward(x, self.weight, self.bias)
+        if getattr(self, "norm", None) is not None:
+            x = self.norm(x)
+        if getattr(self, "activation", None) is not None:
+            x = self.activation(x)
+        return x
 
 
 class FeedbackLinear(FeedbackLinearMixin, nn.Linear):
     """``nn.Linear`` trained with a learning rule; see :class:`FeedbackConv2d`."""
+
+    _bio_base = nn.Linear
 
     def __init__(self, *args, rule="backprop", seed=0, name="", rule_options=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -225,57 +391,123 @@ class FeedbackLinear(FeedbackLinearMixin, nn.Linear):
 
 _CLASSES = {nn.Conv2d: FeedbackConv2d, nn.Linear: FeedbackLinear}
 
+_STOCK_CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+_STOCK_TRANSPOSED_FORWARDS = (
+    nn.ConvTranspose1d.forward,
+    nn.ConvTranspose2d.forward,
+    nn.ConvTranspose3d.forward,
+)
 
-def _forwards_replaced():
+
+def _conv_norm_activation_forwards() -> Tuple:
     """Conv forwards known to be 'conv, then optional norm and activation'."""
-    known = [nn.Conv2d.forward]
     try:
         from detectron2.layers import Conv2d as D2Conv2d
-
-        known.append(D2Conv2d.forward)
     except ImportError:  # detectron2 is optional at this level
-        pass
-    return known
+        return ()
+    return (D2Conv2d.forward,)
+
+
+def _calls_conv_forward(forward) -> bool:
+    code = getattr(forward, "__code__", None)
+    return code is not None and "_conv_forward" in code.co_names
+
+
+def _class_unsupported_reason(cls: type) -> Optional[str]:
+    """Why instances of ``cls`` cannot learn with a rule by conversion; None when they can."""
+    if issubclass(cls, FeedbackLayer):
+        return None
+    if not issubclass(cls, LAYER_TYPES):
+        return f"{cls.__name__} is neither a convolution nor nn.Linear"
+    if issubclass(cls, _ConvTransposeNd):
+        if cls.forward in _STOCK_TRANSPOSED_FORWARDS:
+            return None
+        return f"{cls.__name__} has a forward of its own that the rule cannot act through"
+    if issubclass(cls, _ConvNd):
+        known = _STOCK_CONV_FORWARDS + _conv_norm_activation_forwards()
+        if cls.forward in known or _calls_conv_forward(cls.forward):
+            return None
+        return (
+            f"{cls.__name__}.forward does not call self._conv_forward (it computes the "
+            "convolution itself), so the rule cannot act on it"
+        )
+    if cls.forward is nn.Linear.forward:
+        return None
+    return f"{cls.__name__} has a forward of its own that the rule cannot act through"
+
+
+def unsupported_reason(module: nn.Module) -> Optional[str]:
+    """
+    Args:
+        module: a layer (an instance of :data:`LAYER_TYPES`).
+
+    Returns:
+        str or None: why converting ``module`` would not make it learn with a rule (its class
+        computes its output without the converted path), or None when it can be converted. Weights
+        read by *other* modules are checked by :func:`bio_detectron.convert_model`.
+    """
+    if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
+        return f"{type(module).__name__} is a lazy module whose weight is not initialised yet"
+    return _class_unsupported_reason(type(module))
 
 
 def feedback_class(cls: type) -> type:
     """
     Args:
-        cls: ``nn.Conv2d``, ``nn.Linear`` or a subclass (e.g. detectron2's ``Conv2d``).
+        cls: a convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``), ``nn.Linear``, or
+            a subclass (e.g. detectron2's ``Conv2d``).
 
     Returns:
         type: a subclass of ``cls`` whose instances use a learning rule (made once per class).
-        A conv subclass with a forward of its own must call ``self._conv_forward`` for the rule
-        to act; nn.Conv2d's and detectron2's forwards are replaced by the same sequence
-        (conv, then optional ``norm`` and ``activation``).
+        nn's and detectron2's forwards are replaced by the rule's path (a conv, then detectron2's
+        optional ``norm`` and ``activation``); a conv subclass with a forward of its own must call
+        ``self._conv_forward`` for the rule to act, or conversion refuses it.
     """
     if issubclass(cls, FeedbackLayer):
         return cls
     if cls not in _CLASSES:
-        if issubclass(cls, nn.Conv2d):
-            attrs = {}
-            if cls.forward in _forwards_replaced():
-                attrs["forward"] = FeedbackConv2dMixin._conv_norm_activation_forward
-            bases = (FeedbackConv2dMixin, cls)
-        elif issubclass(cls, nn.Linear):
-            attrs, bases = {}, (FeedbackLinearMixin, cls)
+        reason = _class_unsupported_reason(cls)
+        if reason is not None:
+            raise TypeError(f"cannot convert {cls.__module__}.{cls.__qualname__}: {reason}")
+        attrs = {"_bio_base": cls}
+        if issubclass(cls, _ConvTransposeNd):
+            attrs["forward"] = FeedbackConvMixin._transposed_forward
+            bases = (FeedbackConvMixin, cls)
+        elif issubclass(cls, _ConvNd):
+            if cls.forward in _conv_norm_activation_forwards():
+                attrs["forward"] = FeedbackConvMixin._conv_norm_activation_forward
+            bases = (FeedbackConvMixin, cls)
         else:
-            raise TypeError(f"cannot convert {cls.__name__}: only nn.Conv2d and nn.Linear")
+            bases = (FeedbackLinearMixin, cls)
         name = f"Feedback{cls.__name__}"
         while name in globals():
             name += "_"
         attrs.update(__module__=__name__, __qualname__=name)
         new_cls = type(name, bases, attrs)
-        globals()[name] = new_cls  # lets pickle find it by name in this process
+        globals()[name] = new_cls  # lets pickle find the class itself by name in this process
         _CLASSES[cls] = new_cls
     return _CLASSES[cls]
 
 
 def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **options):
-    """Convert one Conv2d/Linear in place (its class is swapped) and return it."""
+    """Convert one layer in place (its class is swapped) and return it."""
     if not isinstance(module, FeedbackLayer):
         module.__class__ = feedback_class(type(module))
     module.set_rule(rule, seed=seed, name=name, **options)
+    return module
+
+
+_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending")
+
+
+def revert_layer(module: nn.Module) -> nn.Module:
+    """Turn a converted layer back into its original class, dropping the rule and its state."""
+    if isinstance(module, FeedbackLayer):
+        module._buffers.pop("feedback", None)
+        module._parameters.pop("feedback", None)
+        for attr in _LAYER_ATTRIBUTES:
+            module.__dict__.pop(attr, None)
+        module.__class__ = module._bio_base
     return module
 
 

@@ -22,8 +22,8 @@ __all__ = [
     "build_rule",
     "feedback_scale",
     "layer_seed",
+    "parse_scale",
 ]
-
 
 
 class _RuleRegistry(Registry):
@@ -43,10 +43,11 @@ with ``@RULE_REGISTRY.register()``.
 """
 
 # Named ways to choose the scale s of a feedback weight (any positive number is allowed as well).
-#   kaiming:  sqrt(2 / (k_h * k_w * C_out)) for a conv, 1 / sqrt(fan_in) for a linear layer,
-#             the choice of the seed paper's code.
+#   kaiming:  sqrt(2 / (W.shape[0] * prod(kernel))) for a conv of any dimension, transposed or not
+#             (sqrt(2 / (k_h * k_w * C_out)) for a Conv2d: the seed paper's code), and
+#             1 / sqrt(fan_in) for a linear layer.
 #   mean_abs: mean |W| of the layer, so that |B| follows the size of W. Rules whose B changes with W
-#             recompute it at every backward pass; fixed rules read W once, at conversion.
+#             recompute it at every backward pass; rules with a state read W when they make it.
 SCALES = ("kaiming", "mean_abs")
 
 
@@ -54,20 +55,44 @@ def feedback_scale(scale, weight: torch.Tensor):
     """
     Args:
         scale (str or float): one of :data:`SCALES` or a positive number.
-        weight (Tensor): a conv weight (C_out, C_in/groups, k_h, k_w) or a linear weight
-            (out_features, in_features).
+        weight (Tensor): a conv weight (W.shape[0], W.shape[1], *kernel) of any dimension, or a
+            linear weight (out_features, in_features).
 
     Returns:
         float or 0-dim Tensor: the scale s for this weight.
     """
     if scale == "kaiming":
-        if weight.dim() == 4:
-            c_out, _, k_h, k_w = weight.shape
-            return math.sqrt(2.0 / (k_h * k_w * c_out))
+        if weight.dim() > 2:
+            return math.sqrt(2.0 / (weight.shape[0] * math.prod(weight.shape[2:])))
         return 1.0 / math.sqrt(weight.shape[1])
     if scale == "mean_abs":
         return weight.detach().abs().mean()
     return float(scale)
+
+
+def parse_scale(value, key: str = "scale"):
+    """
+    Validate a scale given in Python, a YAML config or on a command line.
+
+    Args:
+        value: one of :data:`SCALES`, a positive number, or a positive number written as a
+            string (``"0.01"``).
+        key: how the caller names the value in an error, e.g. "MODEL.BIO.SCALE".
+
+    Returns:
+        str or float: the scale name or the number.
+    """
+    if isinstance(value, str) and value in SCALES:
+        return value
+    number = -1.0
+    if isinstance(value, (numbers.Real, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{key}={value!r} is not allowed; use one of {SCALES} or a positive number")
+    return number
 
 
 def layer_seed(seed: int, name: str) -> int:
@@ -82,28 +107,36 @@ def layer_seed(seed: int, name: str) -> int:
 class LearningRule:
     """
     Base class of learning rules. A rule is a small, stateless object holding its options; the
-    state a rule needs (a fixed random B, say) lives in the layer as a buffer made by
-    :meth:`init_feedback`, so that it follows the layer to a device and into checkpoints.
+    state a rule needs (a fixed random B, say) lives in the layer as ``feedback``, made by
+    :meth:`init_feedback`, so that it follows the layer to a device, across processes and into
+    checkpoints.
+
+    When the state is made (see :class:`~bio_detectron.layers.FeedbackLayer`): from the weights
+    the layer has at its first training forward pass, i.e. after pretrained weights are loaded and
+    after DistributedDataParallel has given every process rank 0's weights, unless a checkpoint
+    made by the same rule restored it first.
 
     Attributes:
         name (str): the name the rule is registered under.
-        fixed (bool): True when B is made once, at conversion, and stored in the layer.
+        state_kind (str or None): how the layer keeps the rule's state: None (no state),
+            "buffer" (never touched by optimizers) or "parameter" (trained by the optimizer
+            like W; the rule's backward gives it a gradient).
     """
 
     name = ""
-    fixed = False
+    state_kind: Optional[str] = None
 
     def init_feedback(self, weight: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
         """
-        Make the rule's state for a layer at conversion.
+        Make the rule's state for a layer.
 
         Args:
-            weight (Tensor): the layer's weight W.
+            weight (Tensor): the layer's weight W, detached, float32, on the CPU.
             generator (torch.Generator): a CPU generator seeded for this layer.
 
         Returns:
-            Tensor or None: a tensor shaped like W, stored in the layer (buffer ``feedback``) and
-            handed back to :meth:`feedback`; None when the rule keeps no state.
+            Tensor or None: a tensor shaped like W, stored in the layer (``feedback``) and handed
+            back to :meth:`feedback`; None when the rule keeps no state (``state_kind`` None).
         """
         return None
 
@@ -118,23 +151,38 @@ class LearningRule:
         """
         raise NotImplementedError
 
+    def state_grad(self, grad_weight: torch.Tensor) -> torch.Tensor:
+        """
+        For ``state_kind == "parameter"``: the gradient the state receives, given W's gradient
+        (computed by the layer's backward in any case).
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no trained state")
+
     def options(self) -> dict:
-        """The options this rule was built with (its constructor's arguments)."""
-        params = inspect.signature(type(self).__init__).parameters
-        return {k: getattr(self, k) for k in params if k != "self"}
+        """The options this rule was built with (its constructor's named arguments)."""
+        return {k: getattr(self, k) for k in _option_names(type(self))}
+
+    def tag(self) -> str:
+        """
+        The rule and options that decide its state, e.g. "feedback_alignment(scale='mean_abs')":
+        saved with a checkpoint's ``feedback`` tensors so that a load can tell whether they were
+        made by this rule.
+        """
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{self.name}({opts})"
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
 
 
-def _check_scale(scale):
-    ok = scale in SCALES or (
-        isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale > 0
-    )
-    if not ok:
-        raise ValueError(f"scale={scale!r} is not allowed; use one of {SCALES} or a positive number")
-    return scale
+def _option_names(cls) -> list:
+    """The named arguments of a rule class's constructor (none for object's)."""
+    if cls.__init__ is object.__init__:
+        return []
+    params = inspect.signature(cls.__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.name != "self" and p.kind in kinds]
 
 
 @RULE_REGISTRY.register()
@@ -151,7 +199,7 @@ class ScaledRule(LearningRule):
     """A rule with one option, ``scale``: see :func:`feedback_scale`."""
 
     def __init__(self, scale="kaiming"):
-        self.scale = _check_scale(scale)
+        self.scale = parse_scale(scale)
 
 
 @RULE_REGISTRY.register()
@@ -169,11 +217,11 @@ class SignSymmetryRandomMagnitude(ScaledRule):
     """B = |R| * sign(W): the signs of W with fixed random magnitudes, R ~ N(0, s^2)."""
 
     name = "sign_symmetry_random_magnitude"
-    fixed = True
+    state_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
-        return r.abs_().mul_(feedback_scale(self.scale, weight.detach().cpu().float()))
+        return r.abs_().mul_(feedback_scale(self.scale, weight))
 
     def feedback(self, weight, state):
         return torch.sign(weight).mul_(state.to(weight.dtype))
@@ -184,11 +232,11 @@ class FeedbackAlignment(ScaledRule):
     """B fixed random, B ~ N(0, s^2), never updated (Lillicrap et al. 2016)."""
 
     name = "feedback_alignment"
-    fixed = True
+    state_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
-        return r.mul_(feedback_scale(self.scale, weight.detach().cpu().float()))
+        return r.mul_(feedback_scale(self.scale, weight))
 
     def feedback(self, weight, state):
         return state.to(weight.dtype)
@@ -196,14 +244,14 @@ class FeedbackAlignment(ScaledRule):
 
 @RULE_REGISTRY.register()
 class FeedbackAlignmentSignedInit(ScaledRule):
-    """B = sign(W at conversion) * s, then fixed: sign-symmetric at first, drifting as W learns."""
+    """B = sign(W0) * s, then fixed, W0 the weights training starts from: sign-symmetric at first,
+    drifting as W learns."""
 
     name = "feedback_alignment_signed_init"
-    fixed = True
+    state_kind = "buffer"
 
     def init_feedback(self, weight, generator):
-        w = weight.detach().cpu().float()
-        return torch.sign(w).mul_(feedback_scale(self.scale, w))
+        return torch.sign(weight).mul_(feedback_scale(self.scale, weight))
 
     def feedback(self, weight, state):
         return state.to(weight.dtype)
@@ -233,8 +281,7 @@ def build_rule(rule, **options) -> LearningRule:
     if not isinstance(rule, str) or rule not in RULE_REGISTRY:
         raise ValueError(f"unknown learning rule {rule!r}; available: {available_rules()}")
     cls = RULE_REGISTRY.get(rule)
-    allowed = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-    allowed = [k for k in allowed if k not in ("args", "kwargs")]
+    allowed = _option_names(cls)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(

@@ -58,7 +58,7 @@ def test_include_exclude_select_layers():
         (dict(rule="sign_symmetry", sigma=2), "has no option(s) ['sigma']; its options are ['scale']"),
         (dict(rule="sign_symmetry", scale="he"), "scale='he' is not allowed"),
         (dict(rule="sign_symmetry", scale=-1.0), "scale=-1.0 is not allowed"),
-        (dict(rule="backprop", include="^head\\."), "include='^head\\\\.' matches no Conv2d/Linear"),
+        (dict(rule="backprop", include="^head\\."), "include='^head\\\\.' matches no convolution/Linear"),
         (dict(rule="backprop", exclude=["stem", "fpn"]), "exclude='fpn' matches no"),
         (dict(rule="backprop", include="res[2"), "include='res[2' is not a valid regular expression"),
     ],
@@ -75,5 +75,5 @@ def test_bad_input_raises_value_error_naming_it(kwargs, message):
 
 
 def test_model_without_layers():
-    with pytest.raises(ValueError, match="ReLU has no nn.Conv2d or nn.Linear"):
+    with pytest.raises(ValueError, match="ReLU has no convolution or nn.Linear"):
         bd.convert_model(nn.ReLU(), "backprop")

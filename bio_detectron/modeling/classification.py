@@ -259,7 +259,7 @@ def build_classifier(cfg, num_classes: int) -> ImageClassifier:
         raise ValueError(f"A classifier needs at least one class, got num_classes={num_classes}")
     model = CLASSIFIER_REGISTRY.get(name)(cfg, num_classes=num_classes)
     convert_from_cfg(model, cfg)
-    check_exclude(model, cfg)
+    check_exclude(model, cfg.MODEL.BIO.EXCLUDE)
     device = torch.device(cfg.MODEL.DEVICE)
     model.to(device)
     if cfg.MODEL.CLASSIFIER.CHANNELS_LAST and device.type == "cuda":

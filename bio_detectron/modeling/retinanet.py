@@ -38,14 +38,19 @@ class BioRetinaNetHead(RetinaNetHead):
     """
 
     @configurable
-    def __init__(self, *, rules: Dict[str, object], seed: int = 0, exclude=(), **kwargs):
+    def __init__(
+        self, *, rules: Dict[str, object], seed: int = 0, exclude=(), unsupported="error", **kwargs
+    ):
         """
         Args:
-            rules, seed, exclude: see :func:`bio_detectron.modeling.parts.convert_parts`.
+            rules, seed, exclude, unsupported: see
+                :func:`bio_detectron.modeling.parts.convert_parts`.
             kwargs: the arguments of detectron2's RetinaNetHead.
         """
         super().__init__(**kwargs)
-        convert_parts(self, rules, seed=seed, exclude=exclude, prefix="head.")
+        convert_parts(
+            self, rules, seed=seed, exclude=exclude, unsupported=unsupported, prefix="head."
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -65,5 +70,7 @@ class BioRetinaNet(RetinaNet):
         ret = super().from_config(cfg)
         shapes = ret["backbone"].output_shape()
         ret["head"] = build_retinanet_head(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
-        check_exclude(nn.ModuleDict({"backbone": ret["backbone"], "head": ret["head"]}), cfg)
+        check_exclude(
+            nn.ModuleDict({"backbone": ret["backbone"], "head": ret["head"]}), cfg.MODEL.BIO.EXCLUDE
+        )
         return ret
