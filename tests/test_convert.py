@@ -77,3 +77,123 @@ def test_bad_input_raises_value_error_naming_it(kwargs, message):
 def test_model_without_layers():
     with pytest.raises(ValueError, match="ReLU has no convolution or nn.Linear"):
         bd.convert_model(nn.ReLU(), "backprop")
+
+
+# --- Layers a rule cannot act on ----------------------------------------------------------------
+
+import torch.nn.functional as F  # noqa: E402
+
+
+class OwnConv(nn.Conv2d):
+    """Computes its convolution itself: the rule's path would never run."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * 2, self.bias, self.stride, self.padding)
+
+
+class RoutedConv(nn.Conv2d):
+    """A forward of its own that calls _conv_forward: convertible."""
+
+    def forward(self, x):
+        return self._conv_forward(F.relu(x), self.weight, self.bias)
+
+
+class OwnLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x)[0])
+
+
+def _tied():
+    net = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10), nn.Linear(10, 10))
+    net[1].weight = net[0].weight  # weight tying: the embedding reads the linear layer's weight
+    return net
+
+
+@pytest.mark.parametrize(
+    "make,name,reason",
+    [
+        (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), OwnConv(4, 4, 3)), "1", "does not call self._conv_forward"),
+        (lambda: nn.Sequential(OwnLinear(4, 4), nn.Linear(4, 4)), "0", "has a forward of its own"),
+        (Attention, "attn.out_proj", "MultiheadAttention 'attn' reads its weight directly"),
+        (_tied, "1", "its weight is shared with 0.weight"),
+    ],
+)
+def test_layer_the_rule_cannot_act_on_is_refused_by_name_or_skipped_with_warning(make, name, reason):
+    model = make()
+    with pytest.raises(ValueError) as e:
+        bd.convert_model(model, "sign_symmetry")
+    assert f"{name}: " in str(e.value) and reason in str(e.value)
+    assert not any(bd.is_converted(m) for m in model.modules())  # nothing half-converted
+    with pytest.warns(UserWarning, match=f"{name}: .*{reason}"):
+        bd.convert_model(model, "sign_symmetry", unsupported="skip")
+    rules = bd.rules_of(model)
+    assert rules[name] == "none"
+    assert any(r == "sign_symmetry" for r in rules.values())
+    # Excluding the layer is asking for it: no error.
+    bd.convert_model(make(), "sign_symmetry", exclude=f"^{name}$")
+
+
+def test_rules_of_is_truthful_about_attention():
+    model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
+    assert bd.rules_of(model) == {"attn": "none", "attn.out_proj": "none", "fc": "feedback_alignment"}
+    # A layer converted by hand inside an attention module still is not trained by its rule.
+    from bio_detectron.layers import convert_layer
+
+    convert_layer(model.attn.out_proj, "feedback_alignment")
+    assert bd.rules_of(model)["attn.out_proj"] == "none"
+
+
+def test_conv_subclass_calling_conv_forward_learns_with_the_rule():
+    torch.manual_seed(0)
+    conv = bd.convert_model(RoutedConv(3, 4, 3).double(), "sign_symmetry")
+    assert bd.rules_of(conv) == {"": "sign_symmetry"}
+    x = torch.randn(2, 3, 6, 6, dtype=torch.double, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    x2 = x.detach().clone().requires_grad_()
+    F.conv2d(F.relu(x2), conv.feedback_weight()).backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_unsupported_option_is_checked():
+    with pytest.raises(ValueError, match="unsupported='ignore' is not allowed"):
+        bd.convert_model(nn.Linear(2, 2), "backprop", unsupported="ignore")
+
+
+# --- Parts of any backbone ----------------------------------------------------------------------
+
+
+def test_parts_of_fpn_and_vitdet_backbones_found_structurally():
+    from detectron2 import model_zoo
+    from detectron2.config import LazyConfig, instantiate
+
+    from bio_detectron.modeling import parts_of
+
+    lc = LazyConfig.load(model_zoo.get_config_file("common/models/mask_rcnn_vitdet.py"))
+    net = lc.model.backbone.net
+    net.depth, net.embed_dim, net.num_heads, net.img_size = 1, 32, 2, 64
+    lc.model.backbone.square_pad = 64
+    model = instantiate(lc.model)
+    parts = parts_of(model)
+    assert parts["backbone.net.patch_embed.proj"] == parts["backbone.net.blocks.0.attn.qkv"] == "backbone"
+    assert parts["backbone.simfp_2.0"] == parts["backbone.simfp_5.1"] == "fpn"  # deconv, pool+conv
+    assert parts["roi_heads.mask_head.deconv"] == "head"
+    assert parts["roi_heads.mask_head.predictor"] == parts["roi_heads.box_predictor.cls_score"] == "predictor"
+    # RegNet inside an FPN (new_baselines): the FPN's bottom_up, whatever its module names.
+    lc = LazyConfig.load(model_zoo.get_config_file("new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_100ep_LSJ.py"))
+    parts = parts_of(instantiate(lc.model))
+    assert parts["backbone.bottom_up.s1.b1.f.a"] == "backbone"
+    assert parts["backbone.fpn_lateral2"] == "fpn"
+    counts = {p: list(parts.values()).count(p) for p in ("backbone", "fpn", "head", "predictor")}
+    assert counts["fpn"] == 8 and counts["backbone"] > 50, counts

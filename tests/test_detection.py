@@ -235,13 +235,19 @@ def test_diverging_run_stops_with_clear_message_and_checkpoint_intact(tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_two_process_cpu_launch(tmp_path):
-    import train_net
-    from detectron2.engine import launch
-
-    out = str(tmp_path)
-    args = _args("OUTPUT_DIR", out, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, num_gpus=2)
-    launch(train_net.main, 2, dist_url="auto", args=(args,))
-    assert os.path.exists(os.path.join(out, "model_final.pth"))
-    log = open(os.path.join(out, "log.txt")).read()
-    assert "DistributedDataParallel" in log or "world size: 2" in log.lower() or "Rank of current process: 0. World size: 2" in log
+@pytest.mark.parametrize("value", [0.01, "0.01", "1e-2"])
+def test_scale_as_a_number_from_command_line_and_file(value, tmp_path):
+    # tools/train_net.py hands "MODEL.BIO.SCALE 0.01" to merge_from_list as the string "0.01",
+    # which yacs decodes to a float: the key's default is a string, so yacs alone refuses it.
+    cfg = instant_cfg("MODEL.BIO.SCALE", value)
+    assert cfg.MODEL.BIO.SCALE == "0.01"
+    path = tmp_path / "scale.yaml"
+    path.write_text(f"_BASE_: {INSTANT}\nMODEL:\n  BIO:\n    SCALE: 0.01\n")
+    cfg2 = get_cfg()
+    add_bio_config(cfg2)
+    cfg2.merge_from_file(str(path))
+    assert cfg2.MODEL.BIO.SCALE == "0.01"
+    conv = build_model(cfg).head.cls_subnet[0]
+    torch.testing.assert_close(conv.feedback_weight(), torch.sign(conv.weight) * 0.01)
+    with pytest.raises(ValueError, match="Type mismatch"):  # other keys: yacs as before
+        instant_cfg("MODEL.BIO.SEED", 0.5)

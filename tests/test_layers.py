@@ -1,5 +1,6 @@
 """Gradients of converted layers, checked against computations independent of our autograd path."""
 import copy
+import math
 import itertools
 
 import pytest
@@ -208,3 +209,154 @@ def test_feedback_conv2d_constructed_directly():
     assert conv(torch.randn(1, 3, 5, 5)).shape == (1, 4, 3, 3)
     fc = bd.FeedbackLinear(3, 4, rule="feedback_alignment", seed=1)
     assert fc.feedback.shape == fc.weight.shape
+
+
+# --- Every convolution, one path ----------------------------------------------------------------
+
+# (module class, functional op of the same kind, input spatial shape, options)
+CONV_KINDS = [
+    (nn.Conv1d, F.conv1d, (13,), dict(stride=2, padding=1, dilation=1, groups=2)),
+    (nn.Conv1d, F.conv1d, (13,), dict(stride=1, padding=2, dilation=2, groups=1, bias=False)),
+    (nn.Conv3d, F.conv3d, (5, 6, 7), dict(stride=(1, 2, 1), padding=1, dilation=1, groups=2)),
+    (nn.Conv3d, F.conv3d, (5, 6, 7), dict(stride=1, padding=(0, 1, 2), dilation=(1, 1, 2))),
+    (nn.ConvTranspose1d, F.conv_transpose1d, (9,), dict(stride=2, padding=1, output_padding=1)),
+    (nn.ConvTranspose2d, F.conv_transpose2d, (5, 6), dict(stride=2, padding=0)),
+    (
+        nn.ConvTranspose2d,
+        F.conv_transpose2d,
+        (5, 6),
+        dict(stride=(2, 3), padding=1, output_padding=(1, 2), dilation=1, groups=2, bias=False),
+    ),
+    (nn.ConvTranspose2d, F.conv_transpose2d, (5, 6), dict(stride=1, padding=2, dilation=2)),
+    (nn.ConvTranspose3d, F.conv_transpose3d, (3, 4, 5), dict(stride=2, padding=1, output_padding=1, groups=2)),
+]
+
+
+def _functional_args(conv):
+    transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+    kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    if transposed:
+        kw["output_padding"] = conv.output_padding
+    return kw
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("kind", range(len(CONV_KINDS)), ids=lambda i: CONV_KINDS[i][0].__name__ + str(i))
+def test_every_conv_kind_uses_feedback_for_input_and_true_gradient_for_weight(rule, kind):
+    cls, op, spatial, options = CONV_KINDS[kind]
+    torch.manual_seed(0)
+    conv = cls(4, 6, 3, **options).double()
+    ref = copy.deepcopy(conv)
+    bd.convert_model(conv, rule, seed=3)
+    assert bd.rules_of(conv) == {"": rule}
+    x = torch.randn(2, 4, *spatial, dtype=torch.double)
+    x1 = x.clone().requires_grad_()
+    y = conv(x1)
+    g = torch.randn_like(y)
+    y.backward(g)
+    B = conv.feedback_weight().detach().clone()  # for backprop, B is W itself
+    kw = _functional_args(ref)
+    # Independent reference: native autograd of the functional op, B as the weight for the input
+    # gradient, W for the weight and bias gradients.
+    torch.testing.assert_close(y, op(x, ref.weight, ref.bias, **kw))
+    x2 = x.clone().requires_grad_()
+    op(x2, B, None, **kw).backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    op(x, ref.weight, ref.bias, **kw).backward(g)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad)
+    if ref.bias is not None:
+        torch.testing.assert_close(conv.bias.grad, ref.bias.grad)
+    if rule != "backprop":
+        assert not torch.allclose(B, conv.weight), "feedback must differ from W"
+
+
+def test_transposed_conv_output_size_argument():
+    torch.manual_seed(0)
+    ref = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+    conv = bd.convert_model(copy.deepcopy(ref), "sign_symmetry")
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    y = conv(x, output_size=[8, 8])
+    assert y.shape == (1, 2, 8, 8)
+    torch.testing.assert_close(y, ref(x, output_size=[8, 8]))
+
+
+def test_kaiming_scale_of_any_conv_is_fan_out_of_its_weight():
+    for layer in (nn.Conv1d(4, 6, 3), nn.Conv3d(4, 6, (1, 2, 3)), nn.ConvTranspose2d(4, 6, 2)):
+        w = layer.weight
+        s = feedback_scale("kaiming", w)
+        assert s == pytest.approx((2.0 / (w.shape[0] * math.prod(w.shape[2:]))) ** 0.5)
+    assert feedback_scale("kaiming", nn.Conv2d(3, 16, 3).weight) == pytest.approx((2 / (9 * 16)) ** 0.5)
+
+
+# --- No gradient needed: the stock forward --------------------------------------------------
+
+
+def _stock_and_converted(rule="sign_symmetry"):
+    torch.manual_seed(0)
+    ref = _small_net().eval()
+    return ref, bd.convert_model(copy.deepcopy(ref), rule).eval()
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "frozen"])
+def test_no_gradient_needed_runs_the_stock_forward(context, monkeypatch):
+    ref, net = _stock_and_converted()
+    x = torch.randn(2, 3, 12, 12)
+    applied = []
+    from bio_detectron import layers
+
+    for fn in (layers._FeedbackConvFunction, layers._FeedbackLinearFunction):
+        monkeypatch.setattr(fn, "apply", lambda *a, _f=fn.apply: applied.append(1) or _f(*a))
+    if context == "frozen":
+        for p in list(ref.parameters()) + list(net.parameters()):
+            p.requires_grad_(False)
+        y, y_ref = net(x), ref(x)
+    else:
+        ctx = torch.no_grad if context == "no_grad" else torch.inference_mode
+        with ctx():
+            y, y_ref = net(x), ref(x)
+    assert applied == [] and y.grad_fn is None
+    assert torch.equal(y, y_ref)
+    net(x.requires_grad_()).sum()  # a gradient is needed: the rule's path
+    assert len(applied) == 5
+
+
+def test_jit_trace_of_converted_model_is_the_stock_graph():
+    ref, net = _stock_and_converted()
+    x = torch.randn(2, 3, 12, 12)
+    traced = torch.jit.trace(net, x)
+    assert "PythonOp" not in str(traced.graph)
+    assert torch.equal(traced(x), ref(x))
+
+
+# --- Saved and shown ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_has_a_repr_and_a_tag(rule):
+    r = bd.build_rule(rule)
+    assert repr(r).startswith(type(r).__name__ + "(")
+    assert r.tag().startswith(rule + "(")
+    if rule != "backprop":
+        assert repr(bd.build_rule(rule, scale="mean_abs")).endswith("(scale='mean_abs')")
+
+
+def test_pickled_converted_detectron2_model_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    net = bd.convert_model(_small_net(), "feedback_alignment", seed=4)
+    x = torch.randn(2, 3, 12, 12)
+    path = tmp_path / "net.pt"
+    torch.save({"net": net, "x": x, "y": net.eval()(x)}, path)
+    code = (
+        "import sys, torch; d = torch.load(sys.argv[1], weights_only=False); net = d['net'];"
+        "assert type(net[3]).__name__.startswith('Feedback') and net[3].rule == 'feedback_alignment';"
+        "assert torch.equal(net(d['x']), d['y']);"
+        "net.train(); net(d['x'].requires_grad_()).sum().backward();"
+        "print(type(net[3]).__mro__[1].__module__, net[3].feedback.shape)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torch.Size([8, 8, 3, 3])" in proc.stdout

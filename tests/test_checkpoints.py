@@ -1,0 +1,164 @@
+"""When a rule's state B is made, and what a checkpoint restores (README: "Processes and
+checkpoints"): B is made from the weights training starts from; a checkpoint carrying B made by the
+same rule restores it exactly; one without B gets B made from its weights; one whose B came from
+another rule or other options is not taken, with a warning naming the layer."""
+import copy
+import logging
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import bio_detectron as bd
+from bio_detectron.rules import layer_seed
+
+
+
+def _model(rule="feedback_alignment_signed_init", seed=0, **options):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+    return bd.convert_model(net, rule, **options)
+
+
+def _train_step(net):
+    net.train()
+    net(torch.randn(2, 3, 8, 8)).square().sum().backward()
+
+
+def _signed_init(w):  # feedback_alignment_signed_init, scale mean_abs: sign(W0) * mean|W0|
+    return torch.sign(w) * w.abs().mean()
+
+
+def test_state_is_made_from_the_weights_at_the_first_training_forward():
+    net = _model(scale="mean_abs")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(-3.0)  # e.g. a checkpoint loaded, or DDP's broadcast of rank 0's weights
+        net(torch.randn(2, 3, 8, 8))  # evaluation: makes nothing
+    w0 = net[0].weight.detach().clone()
+    assert not torch.allclose(net[0].feedback, _signed_init(w0))
+    torch.testing.assert_close(net[0].feedback_weight(), _signed_init(w0))  # what it will use
+    _train_step(net)
+    torch.testing.assert_close(net[0].feedback, _signed_init(w0))
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    _train_step(net)  # made once: training moves W, not B
+    torch.testing.assert_close(net[0].feedback, _signed_init(w0))
+
+
+def test_checkpoint_without_feedback_gets_feedback_from_its_weights():
+    stock = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+    torch.manual_seed(5)
+    for p in stock.parameters():
+        nn.init.normal_(p)
+    net = _model(rule="feedback_alignment", scale="mean_abs", seed=9)
+    _train_step(net)  # B made from the random init ...
+    result = net.load_state_dict(stock.state_dict(), strict=True)  # ... then a stock checkpoint
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    _train_step(net)
+    for i in (0, 2, 4):
+        w = stock[i].weight.detach()
+        g = torch.Generator().manual_seed(layer_seed(0, str(i)))
+        expected = torch.randn(w.shape, generator=g) * w.abs().mean()
+        torch.testing.assert_close(net[i].feedback, expected)
+
+
+def test_checkpoint_of_the_same_rule_restores_feedback_exactly(caplog):
+    a = _model(rule="feedback_alignment", scale="mean_abs", seed=1)
+    _train_step(a)
+    b = _model(rule="feedback_alignment", scale="mean_abs", seed=2)
+    with caplog.at_level(logging.WARNING, logger="bio_detectron"):
+        b.load_state_dict(a.state_dict())
+    assert caplog.records == []
+    with torch.no_grad():
+        b[0].weight.mul_(2)
+    _train_step(b)  # not made again: the checkpoint's B is the run's
+    for i in (0, 2, 4):
+        assert torch.equal(b[i].feedback, a[i].feedback)
+
+
+@pytest.mark.parametrize(
+    "other,options",
+    [
+        ("sign_symmetry_random_magnitude", {}),  # another rule's state (|R|, not B)
+        ("feedback_alignment", {"scale": "kaiming"}),  # the same rule with another scale
+    ],
+)
+def test_checkpoint_of_another_rule_is_not_taken(other, options, caplog):
+    a = _model(rule=other, **options)
+    _train_step(a)
+    b = _model(rule="feedback_alignment", scale="mean_abs", seed=3)
+    with caplog.at_level(logging.WARNING, logger="bio_detectron"):
+        b.load_state_dict(a.state_dict())
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and "0.feedback: the checkpoint's feedback was made by" in messages[0]
+    assert bd.build_rule(other, **options).tag() in messages[0]
+    assert "feedback_alignment(scale='mean_abs')" in messages[0]
+    _train_step(b)
+    w = a[0].weight.detach()
+    g = torch.Generator().manual_seed(layer_seed(0, "0"))
+    torch.testing.assert_close(b[0].feedback, torch.randn(w.shape, generator=g) * w.abs().mean())
+
+
+def test_checkpoint_without_a_record_of_its_rule_is_taken_with_a_warning(caplog):
+    a = _model(rule="feedback_alignment", seed=1)
+    _train_step(a)
+    plain = {k: v.clone() for k, v in a.state_dict().items()}  # a copy loses the metadata
+    b = _model(rule="feedback_alignment", seed=2)
+    with caplog.at_level(logging.WARNING, logger="bio_detectron"):
+        b.load_state_dict(plain)
+    assert "does not record which rule made this feedback tensor" in caplog.records[0].getMessage()
+    _train_step(b)
+    assert torch.equal(b[0].feedback, a[0].feedback)
+
+
+def test_tags_survive_torch_save_and_detectron2_checkpointer(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    a = _model(rule="feedback_alignment", scale="mean_abs", seed=1)
+    _train_step(a)
+    DetectionCheckpointer(a, save_dir=str(tmp_path)).save("ckpt")
+    b = _model(rule="feedback_alignment", scale="mean_abs", seed=2)
+    DetectionCheckpointer(b).load(str(tmp_path / "ckpt.pth"))
+    assert not b[0]._feedback_pending
+    assert torch.equal(b[0].feedback, a[0].feedback)
+    torch.save(a.state_dict(), tmp_path / "sd.pth")
+    metadata = torch.load(tmp_path / "sd.pth")._metadata
+    assert metadata["0"]["bio_rule"] == "feedback_alignment(scale='mean_abs')"
+
+
+def test_classification_checkpointer_keeps_tags_when_stripping_ddp_prefix(tmp_path, caplog):
+    from bio_detectron.engine.classification import ClassificationCheckpointer
+
+    a = _model(rule="feedback_alignment", seed=1)
+    _train_step(a)
+    sd = a.state_dict()
+    ddp = OrderedDict(("module." + k, v) for k, v in sd.items())
+    ddp._metadata = OrderedDict(
+        (("module." + k) if k else "module", v) for k, v in sd._metadata.items()
+    )
+    torch.save({"model": ddp}, tmp_path / "ddp.pth")
+    b = _model(rule="feedback_alignment", seed=2)
+    with caplog.at_level(logging.WARNING, logger="bio_detectron"):
+        ClassificationCheckpointer(b).load(str(tmp_path / "ddp.pth"))
+    assert [r for r in caplog.records if "feedback" in r.getMessage()] == []
+    assert torch.equal(b[0].feedback, a[0].feedback)
+
+
+def test_make_feedback_now():
+    net = _model(scale="mean_abs")
+    with torch.no_grad():
+        net[2].weight.neg_()
+    bd.make_feedback_now(net)
+    torch.testing.assert_close(net[2].feedback, _signed_init(net[2].weight.detach()))
+    assert not net[2]._feedback_pending
+
+
+def test_deepcopy_keeps_pending_state():
+    net = _model(scale="mean_abs")
+    clone = copy.deepcopy(net)
+    with torch.no_grad():
+        clone[0].weight.mul_(-1)
+    _train_step(clone)
+    torch.testing.assert_close(clone[0].feedback, _signed_init(clone[0].weight.detach()))

@@ -1,0 +1,228 @@
+"""Several processes train the same model: every process has the same feedback state B and the
+same parameters after training, for every rule with a state and both scales, in both trainers,
+through BioPlausible in stock detectron2's DefaultTrainer, and from pretrained weights.
+
+One 2-process CPU launch (gloo) runs all cases; each process hashes every tensor and the hashes
+are all-gathered and compared. default_setup seeds process r with SEED + r, so each process builds
+different initial weights; only the mechanism under test can make them agree.
+"""
+import hashlib
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import bio_detectron as bd
+from bio_detectron.rules import RULE_REGISTRY, layer_seed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+INSTANT = os.path.join(REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml")
+CLASSIFIER = os.path.join(REPO, "configs/ImageNet/resnet18_sign_symmetry.yaml")
+
+STATEFUL = sorted(name for name, cls in RULE_REGISTRY if cls.state_kind is not None)
+SCALES = ("kaiming", "mean_abs")
+# Train few iterations, skip evaluation (no test set) and the probe: only agreement is checked.
+COMMON = [
+    "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+    "MODEL.BIO.ALIGNMENT.PERIOD", "0", "DATASETS.TEST", "()", "SEED", "7",
+]  # fmt: skip
+
+
+def _digests(model):
+    """Name -> sha1 of the bytes of every parameter and every ``feedback`` tensor."""
+    tensors = dict(model.named_parameters())
+    tensors.update((n, b) for n, b in model.named_buffers() if n.endswith(".feedback"))
+    return {
+        n: hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        for n, t in tensors.items()
+    }
+
+
+def _train(case, output_dir):
+    """Train one case in this process; returns the trained, unwrapped model."""
+    from detectron2.engine import DefaultTrainer, default_argument_parser
+    from torch.nn.parallel import DistributedDataParallel
+
+    from bio_detectron.engine import BioTrainer
+    from bio_detectron.engine.ddp import cpu_safe_ddp
+
+    kind, opts = case["kind"], case["opts"] + ["OUTPUT_DIR", output_dir]
+    if kind == "classification":
+        import train_imagenet
+        from bio_detectron.engine.classification import build_classification_trainer
+
+        args = default_argument_parser().parse_args(["--config-file", CLASSIFIER, *opts])
+        trainer = build_classification_trainer(train_imagenet.setup(args))
+    else:
+        import train_net
+
+        args = default_argument_parser().parse_args(["--config-file", INSTANT, *opts])
+        cfg = train_net.setup(args)
+        if kind == "stock_trainer":  # BioPlausible in detectron2's own DefaultTrainer
+            with cpu_safe_ddp():
+                trainer = DefaultTrainer(cfg)
+        else:
+            trainer = BioTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = trainer.model
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _agreement_worker(cases, output_dir):
+    from detectron2.utils import comm
+
+    torch.set_num_threads(1)
+    report = {}
+    for i, case in enumerate(cases):
+        model = _train(case, os.path.join(output_dir, str(i)))
+        gathered = comm.all_gather(_digests(model))
+        report[case["name"]] = {
+            "compared": sorted(gathered[0]),
+            "differ": sorted(n for n in gathered[0] if any(g[n] != gathered[0][n] for g in gathered)),
+        }
+        if comm.is_main_process():
+            torch.save(
+                {k: v for k, v in model.state_dict().items() if k.endswith(".feedback")},
+                os.path.join(output_dir, f"{i}_feedback.pth"),
+            )
+    if comm.is_main_process():
+        with open(os.path.join(output_dir, "report.json"), "w") as f:
+            json.dump(report, f)
+
+
+def _cases(pretrained, shapes_root):
+    cases = []
+    for rule in STATEFUL:
+        for scale in SCALES:
+            opts = ["MODEL.BIO.RULE", rule, "MODEL.BIO.SCALE", scale]
+            cases.append({"name": f"{rule}/{scale}", "kind": "detection", "opts": COMMON + opts})
+    cases.append(
+        {
+            "name": "sign_symmetry/mean_abs",
+            "kind": "detection",
+            "opts": COMMON + ["MODEL.BIO.RULE", "sign_symmetry"],
+        }
+    )
+    cases.append(
+        {
+            "name": "pretrained: feedback_alignment_signed_init/mean_abs",
+            "kind": "detection",
+            "opts": COMMON
+            + ["MODEL.BIO.RULE", "feedback_alignment_signed_init", "MODEL.WEIGHTS", pretrained],
+        }
+    )
+    cases.append(
+        {
+            "name": "BioPlausible in DefaultTrainer: feedback_alignment/mean_abs",
+            "kind": "stock_trainer",
+            "opts": COMMON
+            + [
+                "MODEL.META_ARCHITECTURE", "BioPlausible",
+                "MODEL.BIO.BASE_META_ARCHITECTURE", "RetinaNet",
+                "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
+                "MODEL.BIO.RULE", "feedback_alignment",
+            ],  # fmt: skip
+        }
+    )
+    cases.append(
+        {
+            "name": "classification: feedback_alignment/mean_abs",
+            "kind": "classification",
+            "opts": [
+                "MODEL.BIO.RULE", "feedback_alignment", "MODEL.BIO.SCALE", "mean_abs",
+                "MODEL.DEVICE", "cpu", "DATASETS.IMAGENET_ROOT", shapes_root,
+                "INPUT.CLASSIFICATION.SIZE", "32", "SOLVER.IMS_PER_BATCH", "4",
+                "SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "100",
+                "SEED", "7",
+            ],  # fmt: skip
+        }
+    )
+    return cases
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A stock RetinaNet checkpoint (no feedback tensors), weights unlike any fresh init."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    bd.add_bio_config(cfg)
+    cfg.merge_from_file(INSTANT)
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    torch.manual_seed(123)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    path = str(tmp_path_factory.mktemp("pretrained") / "stock.pth")
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def agreement(tmp_path_factory, pretrained):
+    from detectron2.engine import launch
+
+    from bio_detectron.data.shapes import ensure_shapes_classification
+
+    root = ensure_shapes_classification(
+        root=str(tmp_path_factory.mktemp("cls")), image_size=32, num_train_per_class=4,
+        num_val_per_class=2,
+    )  # fmt: skip
+    out = str(tmp_path_factory.mktemp("agreement"))
+    cases = _cases(pretrained, root)
+    env = {"CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU even on a machine with a GPU
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        launch(_agreement_worker, 2, dist_url="auto", args=(cases, out))
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with open(os.path.join(out, "report.json")) as f:
+        return {"report": json.load(f), "cases": cases, "dir": out}
+
+
+def test_every_case_agrees_across_processes(agreement):
+    report = agreement["report"]
+    assert set(report) == {c["name"] for c in agreement["cases"]}
+    for name, r in report.items():
+        feedback = [n for n in r["compared"] if n.endswith(".feedback")]
+        params = [n for n in r["compared"] if not n.endswith(".feedback")]
+        stateful = not name.startswith("sign_symmetry/")
+        # RetinaNet-R18 of the instant config: 34 layers; the classifier: 20 convs + fc (its
+        # last layer stays on backprop by default).
+        expected = 20 if name.startswith("classification") else 34
+        assert len(feedback) == (expected if stateful else 0), name
+        assert len(params) > 60, name
+        assert r["differ"] == [], f"{name}: {len(r['differ'])} tensors differ, e.g. {r['differ'][:3]}"
+
+
+def test_pretrained_feedback_is_made_from_the_loaded_weights(agreement, pretrained):
+    i = [c["name"] for c in agreement["cases"]].index(
+        "pretrained: feedback_alignment_signed_init/mean_abs"
+    )
+    feedback = torch.load(os.path.join(agreement["dir"], f"{i}_feedback.pth"))
+    weights = torch.load(pretrained)["model"]
+    assert len(feedback) == 34
+    for key, B in feedback.items():
+        W = weights[key[: -len("feedback")] + "weight"]
+        torch.testing.assert_close(B, torch.sign(W) * W.abs().mean(), rtol=1e-6, atol=0)
+
+
+def test_fixed_random_feedback_follows_seed_and_name(agreement):
+    # feedback_alignment/kaiming: B ~ N(0, s^2) from the layer's own generator, whatever the
+    # process or the initial weights.
+    i = [c["name"] for c in agreement["cases"]].index("feedback_alignment/kaiming")
+    feedback = torch.load(os.path.join(agreement["dir"], f"{i}_feedback.pth"))
+    B = feedback["head.cls_subnet.0.feedback"]
+    g = torch.Generator().manual_seed(layer_seed(0, "head.cls_subnet.0"))
+    c_out, _, k_h, k_w = B.shape
+    expected = torch.randn(B.shape, generator=g) * (2.0 / (k_h * k_w * c_out)) ** 0.5
+    torch.testing.assert_close(B, expected)
