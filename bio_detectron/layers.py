@@ -60,6 +60,18 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
+def _feedback_for(rule, weight, state, input):
+    """
+    B for one backward pass, as (M, s): B = M * s, s applied by the caller to the input gradient,
+    or (B, None). A scalar factor of B is applied to whichever of M and the input gradient (shaped
+    like ``input``) is smaller: one elementwise pass less for sign-symmetry's sign(W) * s.
+    """
+    feedback, scale = rule.feedback_parts(weight, state)
+    if scale is not None and feedback.numel() <= input.numel():
+        return feedback.mul_(scale), None
+    return feedback, scale
+
+
 class _FeedbackConvFunction(torch.autograd.Function):
     """Every convolution: ``args`` = (stride, padding, dilation, transposed, output_padding,
     groups), as ``aten.convolution`` takes them."""
@@ -74,7 +86,7 @@ class _FeedbackConvFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight, state = ctx.saved_tensors
         need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
-        feedback = ctx.rule.feedback(weight, state) if need_input else weight
+        feedback, scale = _feedback_for(ctx.rule, weight, state, input) if need_input else (weight, None)
         _, _, _, transposed, _, _ = ctx.args
         bias_sizes = [weight.shape[1] * ctx.args[5] if transposed else weight.shape[0]]
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
@@ -85,6 +97,8 @@ class _FeedbackConvFunction(torch.autograd.Function):
             *ctx.args,
             [need_input, need_weight or need_state, need_bias and ctx.has_bias],
         )
+        if scale is not None:
+            grad_input = grad_input.mul_(scale)
         grad_state = ctx.rule.state_grad(grad_weight) if need_state else None
         return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None, None
 
@@ -102,7 +116,10 @@ class _FeedbackLinearFunction(torch.autograd.Function):
         need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
         grad_input = grad_weight = grad_bias = grad_state = None
         if need_input:
-            grad_input = grad_output.matmul(ctx.rule.feedback(weight, state))
+            feedback, scale = _feedback_for(ctx.rule, weight, state, input)
+            grad_input = grad_output.matmul(feedback)
+            if scale is not None:
+                grad_input = grad_input.mul_(scale)
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
         if need_weight or need_state:
             grad_weight = grad_2d.t().mm(input.reshape(-1, input.shape[-1]))

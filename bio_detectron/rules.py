@@ -66,7 +66,8 @@ def feedback_scale(scale, weight: torch.Tensor):
             return math.sqrt(2.0 / (weight.shape[0] * math.prod(weight.shape[2:])))
         return 1.0 / math.sqrt(weight.shape[1])
     if scale == "mean_abs":
-        return weight.detach().abs().mean()
+        # One pass over W, no temporary (abs().mean() makes a copy of W first).
+        return torch.linalg.vector_norm(weight.detach(), 1) / weight.numel()
     return float(scale)
 
 
@@ -151,6 +152,18 @@ class LearningRule:
         """
         raise NotImplementedError
 
+    def feedback_parts(self, weight: torch.Tensor, state: Optional[torch.Tensor]):
+        """
+        B as a tensor and a scalar factor, for the backward pass: B = M * s. A rule whose B has
+        such a factor returns a new tensor M (the caller may change it in place) and s, so that
+        the layer applies s to whichever of M and the input gradient is smaller. The default is
+        (B, None): no factor.
+
+        Returns:
+            (Tensor, float or 0-dim Tensor or None): M and s.
+        """
+        return self.feedback(weight, state), None
+
     def state_grad(self, grad_weight: torch.Tensor) -> torch.Tensor:
         """
         For ``state_kind == "parameter"``: the gradient the state receives, given W's gradient
@@ -209,7 +222,11 @@ class SignSymmetry(ScaledRule):
     name = "sign_symmetry"
 
     def feedback(self, weight, state):
-        return torch.sign(weight).mul_(feedback_scale(self.scale, weight))
+        sign, scale = self.feedback_parts(weight, state)
+        return sign.mul_(scale)
+
+    def feedback_parts(self, weight, state):
+        return torch.sign(weight), feedback_scale(self.scale, weight)
 
 
 @RULE_REGISTRY.register()
