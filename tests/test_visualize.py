@@ -90,6 +90,30 @@ def test_predict_equals_default_predictor(weights, input_format):
     assert ours.image_size == (SIZE, SIZE)
 
 
+def test_ground_truth_as_instances():
+    record = DatasetCatalog.get("shapes_val_mini")[0]
+    boxes = torch.tensor([a["bbox"] for a in record["annotations"]])
+    boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
+    gt = visualize.ground_truth(record, masks=False)
+    assert not gt.has("pred_masks") and not gt.has("scores")
+    torch.testing.assert_close(gt.pred_boxes.tensor, boxes)
+    assert gt.pred_classes.tolist() == [a["category_id"] for a in record["annotations"]]
+    gt = visualize.ground_truth(record, masks=True)  # when a model predicts masks
+    assert gt.pred_masks.shape == (len(boxes), SIZE, SIZE) and gt.pred_masks.dtype == torch.bool
+    for mask, (x0, y0, x1, y1) in zip(gt.pred_masks, boxes.tolist()):  # each mask fills its box
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1
+        assert abs(ys.min() - y0) <= 1 and abs(ys.max() + 1 - y1) <= 1
+    # An image without objects: an empty panel, the image itself.
+    empty = visualize.ground_truth(dict(record, annotations=[]), masks=True)
+    image = read_image(record["file_name"], format="RGB")
+    metadata = visualize.class_colors(MetadataCatalog.get("shapes_val_mini"))
+    assert len(empty) == 0
+    np.testing.assert_array_equal(visualize.draw(image, empty, metadata, 1), image)
+    # At --scale 2 each pixel becomes 2 x 2.
+    np.testing.assert_array_equal(plain(image, 2), image.repeat(2, axis=0).repeat(2, axis=1))
+
+
 def test_two_models_and_ground_truth_side_by_side(weights, tmp_path):
     out, grid = tmp_path / "out", tmp_path / "grid.png"
     scale, G, T = 2, visualize.GAP, visualize.TITLE_HEIGHT
