@@ -1,4 +1,33 @@
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildPyWithConfigs(build_py):
+    """
+    Copies the repository's configs/ into the built package as bio_detectron/model_zoo/configs,
+    so that an installed package has them (``bio_detectron.model_zoo``), as detectron2 does with
+    its model zoo configs. The repository keeps configs/ where it is (tools, tests and README use
+    those paths); an editable install reads it there and gets no copy.
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = os.path.join(self.build_lib, "bio_detectron", "model_zoo", "configs")
+        # Rebuilt from scratch: a reused build/ would otherwise keep configs deleted since.
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(
+            os.path.join(HERE, "configs"),
+            target,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+
 
 setup(
     name="bio_detectron",
@@ -7,14 +36,19 @@ setup(
         "Detectron2 extension: train detection and classification networks with "
         "biologically-plausible learning rules (sign-symmetry, feedback alignment)"
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tools", "configs")),
-    # torch, torchvision and detectron2 are installed by `make` (tools/install_env.sh): their
-    # builds depend on the platform and detectron2 is not on PyPI under its own name.
+    cmdclass={"build_py": BuildPyWithConfigs},
+    # torch >= 2.7: torch.compiler.is_exporting (converted layers run the stock forward under
+    # torch.export). `make` (tools/install_env.sh) installs a matching torch/torchvision pair
+    # first; pip then finds them satisfied. detectron2 is optional (convert_model works without
+    # it) and not on PyPI under its own name: tools/install_detectron2.sh installs it.
     install_requires=[
+        "torch>=2.7",
+        "torchvision",
         "numpy",
         "Pillow",
         "fvcore",

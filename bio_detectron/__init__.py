@@ -2,10 +2,14 @@
 bio_detectron: Detectron2 models trained with biologically-plausible learning rules.
 
 ``rules``, ``layers`` and ``convert`` need nothing but PyTorch: ``import bio_detectron`` and
-``bio_detectron.convert_model`` work without detectron2. When detectron2 is importable, importing
+``bio_detectron.convert_model`` work without detectron2. When detectron2 is installed, importing
 the package also registers its backbones, RetinaNet head and meta-architectures with detectron2,
-and the embedded datasets with its catalogs.
+and the embedded datasets with its catalogs. An installed detectron2 that fails to import is an
+error here too, never skipped.
 """
+
+import importlib.util
+
 from .convert import (
     convert_model,
     find_unsupported,
@@ -15,10 +19,29 @@ from .convert import (
 )
 from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, is_converted
 from .rules import RULE_REGISTRY, LearningRule, available_rules, build_rule
-
-from .config import add_bio_config, add_classification_config  # isort: skip
-from . import data as _data  # noqa: F401  (registers the embedded datasets)
-from . import modeling as _modeling  # noqa: F401  (registers builders)
-from .modeling import bio_plausible
+from . import model_zoo  # isort: skip  (finds the configs; detectron2 only to load them)
 
 __version__ = "0.1.0"
+
+# find_spec tells "not installed" (None) apart from "installed": an installed detectron2 is then
+# imported below, and whatever breaks in it is raised, not taken for its absence.
+HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+
+# The names below exist only with detectron2 (see __getattr__).
+_DETECTRON2_NAMES = ("add_bio_config", "add_classification_config", "bio_plausible")
+
+if HAS_DETECTRON2:
+    from .config import add_bio_config, add_classification_config  # isort: skip
+    from . import data as _data  # noqa: F401  (registers the embedded datasets)
+    from . import modeling as _modeling  # noqa: F401  (registers builders)
+    from .modeling import bio_plausible
+
+
+def __getattr__(name):
+    # Only reached for names the module does not have (PEP 562).
+    if name in _DETECTRON2_NAMES:
+        raise ImportError(
+            f"bio_detectron.{name} needs detectron2, which is not installed; "
+            "bio_detectron.convert_model works without it (README, 'Installing as a library')"
+        )
+    raise AttributeError(f"module 'bio_detectron' has no attribute {name!r}")
