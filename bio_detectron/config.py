@@ -1,12 +1,13 @@
 """Config keys of bio_detectron, added to a detectron2 config by :func:`add_bio_config`."""
 
+import logging
 import numbers
 
 import torch
 import yacs.config
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_bio_config", "add_classification_config", "fall_back_to_cpu"]
+__all__ = ["add_bio_config", "add_classification_config", "fall_back_to_cpu", "device_or_cpu"]
 
 # Keys whose value is a string or a number: a number from a YAML file or a command line
 # (``MODEL.BIO.SCALE 0.01``) is kept as its string, so the key keeps one type.
@@ -158,8 +159,24 @@ def add_classification_config(cfg):
     _C.SOLVER.LR_REFERENCE_BATCH = 256
 
 
+def device_or_cpu(device: str, key: str) -> str:
+    """
+    Args:
+        device: a torch device name from a config, e.g. "cuda" or "cpu".
+        key: the config key it comes from, for the warning, e.g. "MODEL.DEVICE".
+
+    Returns:
+        str: ``device``, or "cpu" when it names CUDA and none is available (with a warning naming
+        ``key``), so that configs written for GPUs also run on a laptop.
+    """
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning(
+            f"{key}={device!r} but CUDA is not available: using 'cpu'"
+        )
+        return "cpu"
+    return device
+
+
 def fall_back_to_cpu(cfg):
-    """Set ``MODEL.DEVICE`` to "cpu" when it names CUDA and none is available, so that configs
-    written for GPUs also run on a laptop. ``cfg`` must not be frozen."""
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
+    """Set ``MODEL.DEVICE`` to :func:`device_or_cpu` of it. ``cfg`` must not be frozen."""
+    cfg.MODEL.DEVICE = device_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE")

@@ -7,7 +7,13 @@ import torch
 
 from .ddp import all_ranks_true
 
-__all__ = ["FiniteLossCheck"]
+__all__ = ["FiniteLossCheck", "YACS_ADVICE"]
+
+# What to try after a divergence, in the keys of a yacs config (MODEL.BIO).
+YACS_ADVICE = (
+    "Lower SOLVER.BASE_LR, try MODEL.BIO.SCALE 'mean_abs', or for detectors normalise FPN and head "
+    "(MODEL.FPN.NORM, MODEL.RETINANET.NORM 'GN')."
+)
 
 
 class FiniteLossCheck:
@@ -18,13 +24,15 @@ class FiniteLossCheck:
     gradient all-reduce.
     """
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, advice: str = YACS_ADVICE):
         """
         Args:
             trainer: has ``iter`` and ``checkpointer``; register the check with
                 ``trainer.model.register_forward_hook(FiniteLossCheck(trainer))``.
+            advice: the end of the message: what to change, in the keys of the trainer's config.
         """
         self.trainer = weakref.proxy(trainer)
+        self.advice = advice
 
     def __call__(self, module, inputs, loss_dict):
         if not module.training:  # evaluation hooks call the trainer's model too
@@ -39,7 +47,5 @@ class FiniteLossCheck:
         raise FloatingPointError(
             f"Loss became non-finite at iteration {self.trainer.iter} "
             f"({bad or 'on another process'}); training stopped before the optimizer step. "
-            f"The last checkpoint ({checkpoint}) is intact. Lower SOLVER.BASE_LR, try "
-            "MODEL.BIO.SCALE 'mean_abs', or for detectors normalise FPN and head "
-            "(MODEL.FPN.NORM, MODEL.RETINANET.NORM 'GN')."
+            f"The last checkpoint ({checkpoint}) is intact. {self.advice}"
         )
