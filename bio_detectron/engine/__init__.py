@@ -9,4 +9,13 @@ from .classification import (
 )
 from .ddp import cpu_safe_ddp, create_ddp_model
 from .hooks import FiniteLossCheck
+from .lazy import (
+    AMPLazyTrainer,
+    LazyTrainer,
+    build_lazy_trainer,
+    do_test,
+    do_train,
+    evaluate_lazy_checkpoint,
+    load_lazy_config,
+)
 from .trainer import BioTrainer

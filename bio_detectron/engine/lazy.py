@@ -1,0 +1,256 @@
+"""
+Training and evaluation from Detectron2's Python configs (LazyConfig), for
+``tools/lazyconfig_train_net.py``: detectron2's lazy training template (``do_train``/``do_test``
+of its ``tools/lazyconfig_train_net.py``) with the pieces :class:`~.trainer.BioTrainer` adds to
+the yacs path:
+
+* DistributedDataParallel that works for CPU processes (gloo) as well as CUDA ones
+  (:func:`~.ddp.create_ddp_model`);
+* a stop with a clear message, before the optimizer step, when a loss becomes non-finite
+  (:class:`~.hooks.FiniteLossCheck`);
+* the alignment metrics every ``train.bio_alignment_period`` iterations (:class:`AlignmentHook`);
+* ``train.device`` "cuda" falls back to "cpu", with a warning, when CUDA is missing;
+* the embedded datasets' files generated before ``dataloader.evaluator`` opens them.
+
+The config has the keys of detectron2's ``configs/common/train.py`` (``model``, ``optimizer``,
+``lr_multiplier``, ``dataloader.{train,test,evaluator}``, ``train.*``), and optionally:
+
+* ``train.bio_alignment_period`` (int >= 0): log the alignment metrics of every converted layer
+  every this many iterations; 0 or absent: off, at no cost.
+"""
+
+import logging
+import weakref
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from torch import nn
+
+from ..config import device_or_cpu
+from ..data import ensure_dataset_files
+from .alignment import AlignmentHook
+from .ddp import create_ddp_model
+from .hooks import FiniteLossCheck
+
+__all__ = [
+    "ALIGNMENT_PERIOD_KEY",
+    "LAZY_ADVICE",
+    "load_lazy_config",
+    "alignment_period",
+    "build_lazy_model",
+    "do_test",
+    "LazyTrainer",
+    "AMPLazyTrainer",
+    "build_lazy_trainer",
+    "do_train",
+    "evaluate_lazy_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+ALIGNMENT_PERIOD_KEY = "train.bio_alignment_period"
+
+# What to try after a divergence, in the keys of a config whose model is
+# L(bio_detectron.bio_plausible)(model=<a detectron2 model>, ...), as in configs/.
+LAZY_ADVICE = (
+    "Lower optimizer.lr, try bio_plausible's scale='mean_abs' (model.scale), or for detectors "
+    "normalise FPN and head (e.g. model.model.backbone.norm, model.model.head.norm 'GN')."
+)
+
+
+def load_lazy_config(path: str, opts=()):
+    """
+    Load a LazyConfig file, apply command-line overrides ("key=value") and check bio_detectron's
+    keys: ``train.device`` becomes "cpu" when it names CUDA and none is available (a warning says
+    so) and ``train.bio_alignment_period`` must be an integer >= 0.
+
+    Returns:
+        omegaconf.DictConfig: the config.
+    """
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(opts))
+    cfg.train.device = device_or_cpu(cfg.train.device, "train.device")
+    alignment_period(cfg)
+    return cfg
+
+
+def alignment_period(cfg) -> int:
+    """``train.bio_alignment_period``, checked; 0 when absent."""
+    period = cfg.train.get("bio_alignment_period", 0)
+    if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+        raise ValueError(
+            f"{ALIGNMENT_PERIOD_KEY}={period!r}: must be an integer >= 0 (0 turns it off)"
+        )
+    return period
+
+
+def build_lazy_model(cfg) -> nn.Module:
+    """``instantiate(cfg.model)`` on ``cfg.train.device``."""
+    model = instantiate(cfg.model)
+    logger.info(f"Model:\n{model}")
+    return model.to(cfg.train.device)
+
+
+def do_test(cfg, model: nn.Module) -> Optional[OrderedDict]:
+    """
+    Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
+
+    Returns:
+        OrderedDict or None: the evaluator's results (e.g. {"bbox": {"AP": ...}}) on the main
+        process, {} on the others; None, with a warning, when the config has no evaluator.
+    """
+    if "evaluator" not in cfg.dataloader:
+        logger.warning("The config has no dataloader.evaluator: nothing is evaluated.")
+        return None
+    # COCOEvaluator opens the dataset's json in its constructor: generate embedded datasets first.
+    names = cfg.dataloader.evaluator.get("dataset_name")
+    for name in [names] if isinstance(names, str) else list(names or ()):
+        ensure_dataset_files(name)
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+class LazyTrainer(SimpleTrainer):
+    """
+    Trains ``cfg.model`` with detectron2's SimpleTrainer loop and the hooks of its lazy training
+    template: iteration timer, ``cfg.lr_multiplier``, periodic checkpoints
+    (``train.checkpointer``), evaluation every ``train.eval_period`` iterations and at the end,
+    and metrics written every ``train.log_period`` iterations to the console, ``metrics.json``
+    and TensorBoard; plus the alignment metrics when ``train.bio_alignment_period`` > 0, and a
+    stop naming the iteration when a loss becomes non-finite on any process.
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg: a LazyConfig (see this module's docstring), as :func:`load_lazy_config` gives it.
+        """
+        alignment_period(cfg)  # a bad value stops the run before anything is built
+        model = build_lazy_model(cfg)
+        cfg.optimizer.params.model = model  # as detectron2's template: the optimizer's params
+        optimizer = instantiate(cfg.optimizer)
+        data_loader = instantiate(cfg.dataloader.train)
+        super().__init__(create_ddp_model(model, **cfg.train.ddp), data_loader, optimizer)
+
+        self.cfg = cfg
+        self.unwrapped_model = model
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.train.output_dir, trainer=weakref.proxy(self)
+        )
+        self.start_iter, self.max_iter = 0, cfg.train.max_iter
+        self._last_eval_results = None
+        self.register_hooks(self.build_hooks())
+        self.model.register_forward_hook(FiniteLossCheck(self, advice=LAZY_ADVICE))
+
+    def build_hooks(self):
+        """
+        Returns:
+            list[HookBase or None]: timer, LR schedule, checkpoints (main process), evaluation,
+            alignment metrics (when on), writers (main process; last, so that they write the
+            evaluation and alignment results of the same iteration).
+        """
+        cfg = self.cfg
+        main = comm.is_main_process()
+        period = alignment_period(cfg)
+
+        def test_and_save_results():
+            # The unwrapped model: a DDP wrapper's buffer broadcast (train.ddp.broadcast_buffers)
+            # would wait for processes with fewer test batches.
+            self._last_eval_results = do_test(cfg, self.unwrapped_model)
+            return self._last_eval_results
+
+        return [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            (
+                hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
+                if main
+                else None
+            ),
+            hooks.EvalHook(cfg.train.eval_period, test_and_save_results),
+            AlignmentHook(period, self.unwrapped_model) if period > 0 else None,
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, self.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if main
+                else None
+            ),
+        ]
+
+    def resume_or_load(self, resume: bool = True):
+        """
+        With ``resume`` and a checkpoint in ``train.output_dir``: load it all (model with its
+        feedback state, optimizer, LR schedule, iteration) and continue after its iteration.
+        Otherwise load the model weights of ``train.init_checkpoint``, if set, and start at 0.
+        """
+        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint stores the iteration that just finished.
+            self.start_iter = self.iter + 1
+
+    def train(self):
+        """
+        Returns:
+            OrderedDict or None: the results of the last evaluation (see :func:`do_test`).
+        """
+        super().train(self.start_iter, self.max_iter)
+        return self._last_eval_results
+
+
+class AMPLazyTrainer(LazyTrainer, AMPTrainer):
+    """:class:`LazyTrainer` with detectron2's AMPTrainer step (float16, grad scaler)."""
+
+
+def build_lazy_trainer(cfg) -> LazyTrainer:
+    """
+    The trainer for ``cfg``: with mixed precision when ``train.amp.enabled`` and ``train.device``
+    is a CUDA device. AMPTrainer needs CUDA: on CPU it trains in full precision, with a warning.
+    """
+    if cfg.train.amp.enabled:
+        if torch.device(cfg.train.device).type == "cuda":
+            return AMPLazyTrainer(cfg)
+        logger.warning(
+            f"train.amp.enabled=True but train.device={cfg.train.device!r}: detectron2's "
+            "AMPTrainer needs CUDA; training in full precision"
+        )
+    return LazyTrainer(cfg)
+
+
+def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:
+    """
+    Train as ``tools/lazyconfig_train_net.py`` does: build the trainer, resume from the last
+    checkpoint of ``train.output_dir`` (``resume``) or load ``train.init_checkpoint``, train.
+
+    Returns:
+        OrderedDict or None: the results of the last evaluation.
+    """
+    trainer = build_lazy_trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    return trainer.train()
+
+
+def evaluate_lazy_checkpoint(cfg, resume: bool = False) -> Optional[OrderedDict]:
+    """
+    ``--eval-only``: build the model, load ``train.init_checkpoint`` (or, with ``resume``, the
+    last checkpoint of ``train.output_dir``) and evaluate it with :func:`do_test`.
+    """
+    model = build_lazy_model(cfg)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
+    if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
+        raise ValueError(
+            "--eval-only needs weights: set train.init_checkpoint=<file> (or use --resume with a "
+            f"checkpoint in train.output_dir={cfg.train.output_dir!r})"
+        )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    return do_test(cfg, model)
