@@ -1,0 +1,5 @@
+from ..common.bio_shapes import dataloader, lr_multiplier, model, optimizer, train
+
+model.rule = "feedback_alignment"
+model.scale = "mean_abs"
+train.output_dir = "output/shapes/retinanet_R_18_FPN_feedback_alignment"
