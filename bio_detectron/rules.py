@@ -66,8 +66,7 @@ def feedback_scale(scale, weight: torch.Tensor):
             return math.sqrt(2.0 / (weight.shape[0] * math.prod(weight.shape[2:])))
         return 1.0 / math.sqrt(weight.shape[1])
     if scale == "mean_abs":
-        # One pass over W, no temporary (abs().mean() makes a copy of W first).
-        return torch.linalg.vector_norm(weight.detach(), 1) / weight.numel()
+        return weight.detach().abs().mean()
     return float(scale)
 
 
@@ -226,7 +225,12 @@ class SignSymmetry(ScaledRule):
         return sign.mul_(scale)
 
     def feedback_parts(self, weight, state):
-        return torch.sign(weight), feedback_scale(self.scale, weight)
+        sign = torch.sign(weight)
+        if self.scale == "mean_abs":
+            # mean |W| = W . sign(W) / n: one dot product over the sign just made, instead of
+            # abs() (a copy of W) and a mean.
+            return sign, torch.dot(weight.reshape(-1), sign.reshape(-1)) / weight.numel()
+        return sign, feedback_scale(self.scale, weight)
 
 
 @RULE_REGISTRY.register()
