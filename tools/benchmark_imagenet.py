@@ -20,6 +20,7 @@ On a small shared CPU machine, tiny settings and one thread per process give ste
 
 import argparse
 import contextlib
+import json
 import statistics
 import tempfile
 import time
@@ -58,6 +59,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20, help="iterations per variant and round")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations of each first")
+    parser.add_argument("--json", help="append the results to this file as one JSON line")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options, KEY VALUE ...")
     args = parser.parse_args()
     setup_logger(name="bio_detectron")
@@ -135,6 +137,28 @@ def main():
         f"trainer/bare {median[2]:.3f}x (by the main process's CPU time: {median[3]:.3f}x, "
         "steadier on a shared CPU machine; on a GPU the wall-clock ratio is the one that counts)"
     )
+    if args.json:
+        record = {
+            "benchmark": "imagenet_trainer",
+            "classifier": cfg.MODEL.CLASSIFIER.NAME,
+            "depth": cfg.MODEL.RESNETS.DEPTH,
+            "rule": cfg.MODEL.BIO.RULE,
+            "size": cfg.INPUT.CLASSIFICATION.SIZE,
+            "batch": cfg.SOLVER.IMS_PER_BATCH,
+            "amp": amp,
+            "channels_last": cfg.MODEL.CLASSIFIER.CHANNELS_LAST,
+            "workers": cfg.DATALOADER.NUM_WORKERS,
+            "rounds": args.rounds,
+            "iters": args.iters,
+            "device": name,
+            "torch": torch.__version__,
+            "trainer_images_per_s": median[0],
+            "bare_images_per_s": median[1],
+            "ratio": median[2],
+            "ratio_by_cpu_time": median[3],
+        }
+        with open(args.json, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,27 @@
 #!/usr/bin/env python
 """
-Time a ResNet-18 training step (forward, backward, SGD) per learning rule against native backprop.
+Time a training step (forward, backward, SGD) per learning rule against native backprop.
 
 Rules and native autograd run in interleaved rounds, so that drifts of the machine's speed hit them
 alike; the figure reported per rule is the median over rounds of (rule's step time / native step
 time measured in the same round).
 
     python tools/benchmark_rules.py [--batch 8] [--size 224] [--rounds 7] [--device cpu]
+    python tools/benchmark_rules.py --arch resnet50 --batch 64 --amp --channels-last
+    python tools/benchmark_rules.py --arch retinanet_R_50_FPN --batch 8 --size 800 \\
+        --rules backprop sign_symmetry --scale mean_abs
+
+Models (--arch): torchvision's ResNet-18 / ResNet-50 (1000 classes, random images and labels), or
+the RetinaNet R50-FPN of configs/COCO-Detection/retinanet_R_50_FPN_*_1x.yaml without weights, on a
+synthetic batch: --batch random square images of --size px, 10 random boxes of the 80 COCO
+classes each. "native" is the model before conversion; each rule converts a copy of it.
 """
+
 import argparse
+import contextlib
 import copy
+import json
+import os
 import statistics
 import time
 
@@ -18,43 +30,135 @@ import torchvision
 
 import bio_detectron as bd
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = {
+    "resnet18": "ResNet-18",
+    "resnet50": "ResNet-50",
+    "retinanet_R_50_FPN": "RetinaNet R50-FPN",
+}
 
-def make_step(model, batch, device):
+
+def classifier(arch, batch_size, size, device):
+    """A torchvision ResNet, a batch of random images and labels, and its loss."""
+    model = getattr(torchvision.models, arch)(num_classes=1000).to(device)
+    batch = (
+        torch.randn(batch_size, 3, size, size, device=device),
+        torch.randint(0, 1000, (batch_size,), device=device),
+    )
+
+    def loss_fn(model, batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    return model, batch, loss_fn
+
+
+def retinanet(batch_size, size, device, boxes_per_image=10):
+    """detectron2's RetinaNet R50-FPN as the repo's configs build it (before conversion), a
+    synthetic batch of images with random boxes, and its training loss."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    cfg = get_cfg()
+    bd.add_bio_config(cfg)
+    cfg.merge_from_file(
+        os.path.join(REPO, "configs", "COCO-Detection", "retinanet_R_50_FPN_backprop_1x.yaml")
+    )
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", str(device)])
+    model = bd.revert_model(build_model(cfg))  # the stock layers: the "native" variant
+
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    for _ in range(batch_size):
+        corner = torch.rand(boxes_per_image, 2, generator=g) * size * 0.7
+        extent = 16 + torch.rand(boxes_per_image, 2, generator=g) * size * 0.3
+        instances = Instances((size, size))
+        instances.gt_boxes = Boxes(torch.cat([corner, (corner + extent).clamp(max=size)], 1))
+        instances.gt_classes = torch.randint(0, 80, (boxes_per_image,), generator=g)
+        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+        # On the device already, as a prefetching loader would leave them.
+        batch.append(
+            {
+                "image": image.to(device),
+                "instances": instances.to(device),
+                "height": size,
+                "width": size,
+            }
+        )
+
+    def loss_fn(model, batch):
+        with EventStorage():  # RetinaNet logs training statistics into one
+            return sum(model(batch).values())
+
+    return model, batch, loss_fn
+
+
+def make_step(model, batch, loss_fn, device, amp_dtype=None):
+    """One training step; under autocast to ``amp_dtype`` unless None, with a gradient scaler
+    for float16 (as detectron2's AMPTrainer)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x, y = batch
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    )
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+        with autocast:
+            loss = loss_fn(model, batch)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     return step
 
 
+def rule_options(rule, scale):
+    """``scale`` for the rules that take one (every rule but backprop)."""
+    return {"scale": scale} if scale and "scale" in bd.build_rule(rule).options() else {}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=list(ARCHS), default="resnet18")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rules", nargs="+", default=bd.available_rules())
+    parser.add_argument(
+        "--amp", action="store_true", help="autocast: float16 + grad scaler on CUDA, else bfloat16"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="model and input NHWC")
+    parser.add_argument("--scale", help="the rules' scale option (default: each rule's own)")
+    parser.add_argument("--json", help="append the results to this file as one JSON line")
     args = parser.parse_args()
+    unknown = sorted(set(args.rules) - set(bd.available_rules()))
+    if unknown:
+        parser.error(f"unknown rules {unknown}; available: {bd.available_rules()}")
 
     device = torch.device(args.device)
+    # float16 on CUDA, as detectron2's AMPTrainer; bfloat16 on the CPU, which has no float16 AMP.
+    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
     torch.manual_seed(0)
-    base = torchvision.models.resnet18(num_classes=1000).to(device)
-    batch = (
-        torch.randn(args.batch, 3, args.size, args.size, device=device),
-        torch.randint(0, 1000, (args.batch,), device=device),
-    )
-    variants = {"native": make_step(copy.deepcopy(base), batch, device)}
+    if args.arch == "retinanet_R_50_FPN":
+        base, batch, loss_fn = retinanet(args.batch, args.size, device)
+    else:
+        base, batch, loss_fn = classifier(args.arch, args.batch, args.size, device)
+    base.train()
+    if args.channels_last:
+        base.to(memory_format=torch.channels_last)
+        if isinstance(batch, tuple):
+            batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
+    variants = {"native": make_step(copy.deepcopy(base), batch, loss_fn, device, amp_dtype)}
     for rule in args.rules:
-        model = bd.convert_model(copy.deepcopy(base), rule)
-        variants[rule] = make_step(model, batch, device)
+        model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
+        variants[rule] = make_step(model, batch, loss_fn, device, amp_dtype)
     for step in variants.values():  # warm-up: allocator, kernels, momentum buffers
         step()
         step()
@@ -67,15 +171,45 @@ def main():
                 step()
             times[name].append((time.perf_counter() - t0) / args.steps)
 
+    settings = "".join(
+        [
+            f", AMP {str(amp_dtype).split('.')[-1]}" if amp_dtype else "",
+            ", channels_last" if args.channels_last else "",
+            f", scale {args.scale}" if args.scale else "",
+        ]
+    )
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    gpu = f"{device_name}, " if device.type == "cuda" else ""
     print(
-        f"ResNet-18 training step, batch {args.batch} x {args.size}px, {args.rounds} interleaved "
-        f"rounds on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+        f"{ARCHS[args.arch]} training step, batch {args.batch} x {args.size}px{settings}, "
+        f"{args.rounds} interleaved rounds on {device} ({gpu}{torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}"
     )
     print(f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} |")
     print(f"|{'-' * 34}|{'-' * 17}|{'-' * 17}|")
+    results = {}
     for name, ts in times.items():
         ratio = statistics.median(t / n for t, n in zip(ts, times["native"]))
+        results[name] = {"median_step_s": statistics.median(ts), "ratio_to_native": ratio}
         print(f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x |")
+    if args.json:
+        record = {
+            "benchmark": "rules",
+            "arch": args.arch,
+            "batch": args.batch,
+            "size": args.size,
+            "amp": args.amp,
+            "amp_dtype": str(amp_dtype).split(".")[-1] if amp_dtype else None,
+            "channels_last": args.channels_last,
+            "scale": args.scale,
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "device": device_name,
+            "torch": torch.__version__,
+            "variants": results,
+        }
+        with open(args.json, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":
