@@ -11,6 +11,10 @@ time measured in the same round).
     python tools/benchmark_rules.py --arch retinanet_R_50_FPN --batch 8 --size 800 \\
         --rules backprop sign_symmetry --scale mean_abs
 
+Evaluation rows: the same model in eval mode under ``torch.no_grad()``, converted with each rule
+(--eval-rules, default sign_symmetry) against the unconverted model; converted layers then run the
+stock forward, so the goal is 1.00x within noise.
+
 Models (--arch): torchvision's ResNet-18 / ResNet-50 (1000 classes, random images and labels), or
 the RetinaNet R50-FPN of configs/COCO-Detection/retinanet_R_50_FPN_*_1x.yaml without weights, on a
 synthetic batch: --batch random square images of --size px, 10 random boxes of the 80 COCO
@@ -117,6 +121,20 @@ def make_step(model, batch, loss_fn, device, amp_dtype=None):
     return step
 
 
+def make_eval_step(model, batch, device):
+    """A forward pass in eval mode without gradients (evaluation, predictors)."""
+    model.eval()
+    inputs = batch[0] if isinstance(batch, tuple) else [{"image": d["image"]} for d in batch]
+
+    def step():
+        with torch.no_grad():
+            model(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
 def rule_options(rule, scale):
     """``scale`` for the rules that take one (every rule but backprop)."""
     return {"scale": scale} if scale and "scale" in bd.build_rule(rule).options() else {}
@@ -136,9 +154,13 @@ def main():
     )
     parser.add_argument("--channels-last", action="store_true", help="model and input NHWC")
     parser.add_argument("--scale", help="the rules' scale option (default: each rule's own)")
+    parser.add_argument(
+        "--eval-rules", nargs="*", default=["sign_symmetry"],
+        help="rules also timed in eval mode under no_grad, against the unconverted model",
+    )  # fmt: skip
     parser.add_argument("--json", help="append the results to this file as one JSON line")
     args = parser.parse_args()
-    unknown = sorted(set(args.rules) - set(bd.available_rules()))
+    unknown = sorted(set(args.rules + args.eval_rules) - set(bd.available_rules()))
     if unknown:
         parser.error(f"unknown rules {unknown}; available: {bd.available_rules()}")
 
@@ -155,10 +177,20 @@ def main():
         base.to(memory_format=torch.channels_last)
         if isinstance(batch, tuple):
             batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
+    # name -> (step, the variant it is compared with)
     variants = {"native": make_step(copy.deepcopy(base), batch, loss_fn, device, amp_dtype)}
+    reference = {"native": "native"}
     for rule in args.rules:
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
         variants[rule] = make_step(model, batch, loss_fn, device, amp_dtype)
+        reference[rule] = "native"
+    if args.eval_rules:
+        variants["native (eval, no_grad)"] = make_eval_step(copy.deepcopy(base), batch, device)
+        reference["native (eval, no_grad)"] = "native (eval, no_grad)"
+    for rule in args.eval_rules:
+        model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
+        variants[f"{rule} (eval, no_grad)"] = make_eval_step(model, batch, device)
+        reference[f"{rule} (eval, no_grad)"] = "native (eval, no_grad)"
     for step in variants.values():  # warm-up: allocator, kernels, momentum buffers
         step()
         step()
@@ -186,10 +218,11 @@ def main():
         f"torch {torch.__version__}"
     )
     print(f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} |")
+    # (eval rows: the ratio to "native (eval, no_grad)")
     print(f"|{'-' * 34}|{'-' * 17}|{'-' * 17}|")
     results = {}
     for name, ts in times.items():
-        ratio = statistics.median(t / n for t, n in zip(ts, times["native"]))
+        ratio = statistics.median(t / n for t, n in zip(ts, times[reference[name]]))
         results[name] = {"median_step_s": statistics.median(ts), "ratio_to_native": ratio}
         print(f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x |")
     if args.json:
