@@ -1,4 +1,5 @@
-"""tools/visualize.py: panels per model and ground truth, their layout, predictions, errors."""
+"""tools/visualize.py and bio_detectron.engine.visualize: panels per model and ground truth, their
+layout, predictions, errors."""
 
 import os
 import subprocess
@@ -16,14 +17,14 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from bio_detectron import add_bio_config
-from bio_detectron.engine import BioTrainer
+from bio_detectron.engine import BioTrainer, visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(
     REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml"
 )
 sys.path.insert(0, os.path.join(REPO, "tools"))
-import visualize  # noqa: E402
+import visualize as visualize_tool  # noqa: E402  (tools/visualize.py: argument_parser, main)
 
 SIZE = 96  # shapes_val_mini's images are 96 x 96
 
@@ -55,8 +56,8 @@ def weights(tmp_path_factory):
 
 
 def run(command):
-    """visualize.main on ``command``, a command line without the program (no spaces in paths)."""
-    return visualize.main(visualize.argument_parser().parse_args(command.split()))
+    """The tool's main on ``command``, a command line without the program (no spaces in paths)."""
+    return visualize_tool.main(visualize_tool.argument_parser().parse_args(command.split()))
 
 
 def png(path):
@@ -159,11 +160,11 @@ def test_input_files_with_config_options_after_them(weights, tmp_path):
     path = tmp_path / "cells.png"
     Image.fromarray(image).save(path)
     command = f"--config-file {INSTANT} --weights {weights[1]} --output {tmp_path / 'out'} --input"
-    args = visualize.argument_parser().parse_args(
+    args = visualize_tool.argument_parser().parse_args(
         [*command.split(), str(path), "MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "3"]
     )
     assert args.input[-1] == "3"  # argparse gives --input everything; main moves the options
-    paths = visualize.main(args)
+    paths = visualize_tool.main(args)
     assert args.input == [str(path)]
     assert args.opts == ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "3"]
     assert paths == [str(tmp_path / "out" / "cells.png")]
