@@ -9,6 +9,9 @@ Each rule runs ``tools/train_net.py`` in a process of its own, with
 800 iterations of training, then COCO evaluation of the 200 validation images; the first run
 also generates the dataset (a few seconds).
 
+It ends by drawing the first validation images under every trained model, next to the ground
+truth (tools/visualize.py), into one figure, ``<output-dir>/detections.png`` unless ``--figure``.
+
     python tools/demo.py                                      # sign_symmetry only
     python tools/demo.py --rules backprop sign_symmetry feedback_alignment
     python tools/demo.py --rules backprop -- SOLVER.MAX_ITER 20   # config options after "--"
@@ -64,10 +67,29 @@ def train(rule, output_dir, opts):
     ]
 
 
+def draw(rules, output_dirs, figure, opts):
+    """The detections of each rule's model on the first validation images, in one figure."""
+    cmd = [sys.executable, os.path.join(REPO, "tools", "visualize.py")]
+    for rule, output_dir in zip(rules, output_dirs):
+        cmd += ["--config-file", CONFIG.format(rule)]
+        cmd += ["--weights", os.path.join(output_dir, "model_final.pth")]
+    cmd += ["--dataset", "shapes_val", "--num", "4", "--ground-truth", "--scale", "2"]
+    cmd += ["--output", os.path.join(os.path.dirname(figure), "visualize"), "--grid", figure]
+    result = subprocess.run(cmd + list(opts), cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stdout.write(result.stdout[-2000:] + result.stderr[-2000:])
+        sys.exit(f"demo: drawing the detections failed (exit status {result.returncode})")
+    return figure
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rules", nargs="+", default=["sign_symmetry"], help="rules to train")
     parser.add_argument("--output-dir", default="output/demo", help="runs write to DIR/<rule>")
+    parser.add_argument(
+        "--figure", help="the detections figure (default: <output-dir>/detections.png)"
+    )
+    parser.add_argument("--no-figure", action="store_true", help="do not draw the detections")
     parser.add_argument("opts", nargs="*", help="config options KEY VALUE, passed to every run")
     args = parser.parse_args()
     known = sorted(re.search(r"FPN_(\w+)\.yaml$", p)[1] for p in glob.glob(CONFIG.format("*")))
@@ -75,12 +97,14 @@ def main():
     if unknown:
         parser.error(f"--rules {unknown}: no {CONFIG.format('<rule>')}; rules with one: {known}")
 
-    rows = [
-        train(r, os.path.abspath(os.path.join(args.output_dir, r)), args.opts) for r in args.rules
-    ]
+    output_dirs = [os.path.abspath(os.path.join(args.output_dir, r)) for r in args.rules]
+    rows = [train(r, d, args.opts) for r, d in zip(args.rules, output_dirs)]
     print(f"\n{HEADER}\n|" + "---|" * HEADER.count(" | ") + "---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    if not args.no_figure:
+        figure = os.path.abspath(args.figure or os.path.join(args.output_dir, "detections.png"))
+        print(f"\nDetections on the first shapes_val images: {draw(args.rules, output_dirs, figure, args.opts)}")
 
 
 if __name__ == "__main__":
