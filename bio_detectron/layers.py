@@ -213,7 +213,15 @@ class FeedbackLayer:
     def _state_for_backward(self) -> Optional[torch.Tensor]:
         if self._feedback_pending:
             self.make_feedback_now()
-        return self._state()
+        state = self._state()
+        if state is None or self.learning_rule.state_kind is None:
+            # The alignment probe lends a layer the backprop rule for a pass: it reads no state,
+            # and a trained state must get no gradient from that pass.
+            return None
+        if self.learning_rule.state_kind == "parameter" and not self.weight.requires_grad:
+            # A trained state gets W's gradient: none while W is frozen.
+            return state.detach()
+        return state
 
     @torch.no_grad()
     def feedback_weight(self) -> torch.Tensor:

@@ -4,7 +4,9 @@ A rule only decides B. The input gradient of a converted layer is computed with 
 the weight and bias gradients are the ordinary ones, and every other module (BatchNorm, pooling,
 activations) keeps exact backprop. Adding a rule is adding one registered class.
 
-The rules and their names follow the code of Xiao, Chen, Liao & Poggio (2018), arXiv 1811.03567.
+The rules and their names follow the code of Xiao, Chen, Liao & Poggio (2018), arXiv 1811.03567;
+``kolen_pollack`` and ``weight_mirror`` follow Akrout, Wilson, Humphreys, Lillicrap & Tweed (2019),
+*Deep learning without weight transport*, NeurIPS (arXiv 1904.05391).
 """
 import inspect
 import math
@@ -214,6 +216,13 @@ class ScaledRule(LearningRule):
         self.scale = parse_scale(scale)
 
 
+def _random_feedback(weight, generator, scale):
+    """B ~ N(0, s^2), shaped like W: the random B of feedback alignment and the start of the rules
+    that learn B."""
+    r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
+    return r.mul_(feedback_scale(scale, weight))
+
+
 @RULE_REGISTRY.register()
 class SignSymmetry(ScaledRule):
     """B = sign(W) * s, recomputed as W changes (Liao, Leibo & Poggio 2016; Xiao et al. 2018)."""
@@ -256,8 +265,7 @@ class FeedbackAlignment(ScaledRule):
     state_kind = "buffer"
 
     def init_feedback(self, weight, generator):
-        r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
-        return r.mul_(feedback_scale(self.scale, weight))
+        return _random_feedback(weight, generator, self.scale)
 
     def feedback(self, weight, state):
         return state.to(weight.dtype)
@@ -273,6 +281,53 @@ class FeedbackAlignmentSignedInit(ScaledRule):
 
     def init_feedback(self, weight, generator):
         return torch.sign(weight).mul_(feedback_scale(self.scale, weight))
+
+    def feedback(self, weight, state):
+        return state.to(weight.dtype)
+
+
+@RULE_REGISTRY.register()
+class KolenPollack(ScaledRule):
+    """
+    B starts random like feedback_alignment's, B ~ N(0, s^2), and is then trained like W: it is a
+    parameter whose gradient is exactly W's weight gradient, so the optimizer gives it W's update
+    and weight decay (Kolen & Pollack 1994; Akrout et al. 2019, eqs. 16-17: dW = -lr*grad - wd*W,
+    dB = -lr*grad - wd*B). W - B then only decays, by (1 - lr*wd) per plain SGD step, and the angle
+    between W and B goes to 0 when weight decay > 0; B needs no access to W.
+    """
+
+    name = "kolen_pollack"
+    state_kind = "parameter"
+
+    def init_feedback(self, weight, generator):
+        return _random_feedback(weight, generator, self.scale)
+
+    def feedback(self, weight, state):
+        return state.to(weight.dtype)
+
+    def state_grad(self, grad_weight):
+        # A tensor of its own: W's and B's .grad must not alias (gradient clipping, DDP buckets
+        # and optimizers may change a .grad in place).
+        return grad_weight.clone()
+
+
+@RULE_REGISTRY.register()
+class WeightMirror(ScaledRule):
+    """
+    B starts random like feedback_alignment's, B ~ N(0, s^2), and learns from the layer's own
+    forward pass on noise, without reading W (Akrout et al. 2019, section 4): every few iterations
+    a mirror step draws noise x ~ N(0, sigma^2) of the layer's input shape, computes y = W x and
+    sets B <- (1 - decay) * B + lr * corr(x, y). As E[corr(x, y)] = sigma^2 * W, B follows
+    (lr * sigma^2 / decay) * W. The mirror step is not part of the backward pass: the training hook
+    :class:`bio_detectron.engine.WeightMirrorHook` runs it (``MODEL.BIO.MIRROR.*``); without it, B
+    stays the random one of feedback alignment.
+    """
+
+    name = "weight_mirror"
+    state_kind = "buffer"
+
+    def init_feedback(self, weight, generator):
+        return _random_feedback(weight, generator, self.scale)
 
     def feedback(self, weight, state):
         return state.to(weight.dtype)

@@ -18,4 +18,5 @@ from .lazy import (
     evaluate_lazy_checkpoint,
     load_lazy_config,
 )
+from .mirror import WeightMirrorHook, build_weight_mirror_hook, weight_mirror_hook
 from .trainer import BioTrainer

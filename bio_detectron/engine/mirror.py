@@ -1,0 +1,229 @@
+"""The training hook of the ``weight_mirror`` rule: mirror steps between training iterations."""
+
+import logging
+import math
+import numbers
+from typing import Optional
+
+import torch
+from detectron2.engine.train_loop import HookBase
+from detectron2.utils import comm
+from torch import nn
+
+from ..mirror import InputShapes, mirror_layers, mirror_step
+
+__all__ = ["WeightMirrorHook", "build_weight_mirror_hook", "weight_mirror_hook"]
+
+logger = logging.getLogger(__name__)
+
+# Defaults of the hook's options, also those of MODEL.BIO.MIRROR (config.py documents them).
+DEFAULTS = dict(period=20, std=1.0, lr=0.2, decay=0.2, noise_batch=0, initial_steps=10)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def check_mirror_options(period, std, lr, decay, noise_batch, initial_steps=0, keys=None) -> dict:
+    """
+    Validate the weight mirror's options; errors name them by ``keys`` (option -> name, e.g. the
+    config keys), default the argument names.
+
+    Returns:
+        dict: the options, numbers as float/int.
+    """
+    keys = keys or {}
+
+    def key(k):
+        return keys.get(k, k)
+
+    def integer(k, v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"{key(k)}={v!r}: must be an integer >= 0")
+        return int(v)
+
+    def real(k, v, low, high, what):
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        if not (ok and low(v) and high(v)):
+            raise ValueError(f"{key(k)}={v!r}: must be a number {what}")
+        return float(v)
+
+    return dict(
+        period=integer("period", period),
+        std=real("std", std, lambda v: v > 0, lambda v: True, "> 0"),
+        lr=real("lr", lr, lambda v: v > 0, lambda v: True, "> 0"),
+        decay=real("decay", decay, lambda v: v >= 0, lambda v: v <= 1, "in [0, 1]"),
+        noise_batch=integer("noise_batch", noise_batch),
+        initial_steps=integer("initial_steps", initial_steps),
+    )
+
+
+class WeightMirrorHook(HookBase):
+    """
+    Runs a mirror step (:func:`bio_detectron.mirror.mirror_step`) for every layer of the model
+    whose rule is ``weight_mirror``, after the optimizer step of every ``period``-th iteration
+    (``(iter + 1) % period == 0``), so that the next backward pass uses the new B; and
+    ``initial_steps`` mirror steps after the optimizer step of iteration 0 (not when resuming
+    later), so that B is aligned with W early on, as Akrout et al.'s released code mirrors before
+    training. The noise has the shape of the layer's input in that iteration's training forward,
+    recorded by forward pre-hooks that are in place only during mirror iterations.
+
+    The training trajectory of everything but the B of these layers is the one without the hook:
+    the noise comes from generators of the hook's own, seeded by (``seed``, layer name,
+    iteration), no module's forward is called (the step uses the layer's weight directly), and
+    nothing but B is written. A resumed run draws the same noise as an uninterrupted one.
+
+    Distributed training: the main process computes the steps and broadcasts the new B to the
+    others, so that B is the same tensor on every process.
+
+    Register it before detectron2's ``PeriodicCheckpointer`` (both act in ``after_step``), so that
+    a checkpoint of iteration i holds B after that iteration's mirror step.
+    """
+
+    def __init__(
+        self,
+        period: int = DEFAULTS["period"],
+        model: Optional[nn.Module] = None,
+        *,
+        std: float = DEFAULTS["std"],
+        lr: float = DEFAULTS["lr"],
+        decay: float = DEFAULTS["decay"],
+        noise_batch: int = DEFAULTS["noise_batch"],
+        initial_steps: int = DEFAULTS["initial_steps"],
+        seed: int = 0,
+    ):
+        """
+        Args:
+            period (int): a mirror step every ``period`` iterations; 0 turns the hook off.
+            model (nn.Module): the model trained, wrapped in DistributedDataParallel or not;
+                default: the trainer's ``model`` at the start of training.
+            std (float): sigma, the standard deviation of the noise.
+            lr (float): the mirror's learning rate eta_B.
+            decay (float): the mirror's decay lambda_B, in [0, 1]; B follows
+                ``lr * std**2 / decay`` times W.
+            noise_batch (int): noise samples per layer and step; 0: the batch of the layer's
+                training input.
+            initial_steps (int): mirror steps after iteration 0.
+            seed (int): seed of the noise, with each layer's name and the iteration.
+        """
+        opts = check_mirror_options(period, std, lr, decay, noise_batch, initial_steps)
+        self.period, self.noise_batch = opts["period"], opts["noise_batch"]
+        self.initial_steps = opts["initial_steps"]
+        self.std, self.lr, self.decay = opts["std"], opts["lr"], opts["decay"]
+        self.seed = int(seed)
+        self._model = _unwrap(model) if model is not None else None
+        self._layers = None
+        self._shapes = None
+        self._warned = set()
+
+    def _steps_due(self) -> int:
+        """How many mirror steps follow this iteration's optimizer step."""
+        it = self.trainer.iter
+        due = int(self.period > 0 and (it + 1) % self.period == 0)
+        return due + (self.initial_steps if it == 0 else 0)
+
+    def before_train(self):
+        if self.period == 0 and self.initial_steps == 0:
+            return
+        if self._model is None:
+            self._model = _unwrap(self.trainer.model)
+        self._layers = mirror_layers(self._model)
+        if not self._layers:
+            logger.warning("WeightMirrorHook: the model has no weight_mirror layer; nothing to do.")
+        self._shapes = InputShapes(self._layers)
+
+    def before_step(self):
+        if self._layers and self._steps_due():
+            self._shapes.start()
+
+    def after_step(self):
+        steps = self._steps_due() if self._layers else 0
+        if steps == 0:
+            return
+        self._shapes.stop()
+        for k in range(steps):
+            self.mirror(f"{self.trainer.iter}.{k}")
+
+    def after_train(self):
+        if self._shapes is not None:
+            self._shapes.stop()
+
+    @torch.no_grad()
+    def mirror(self, step):
+        """One mirror step of every weight_mirror layer, with the noise of ``step`` (an id)."""
+        if comm.is_main_process():
+            for name, layer in self._layers:
+                shape = self._shapes.shapes.get(name)
+                if shape is None:
+                    self._warn_once(name)
+                    continue
+                mirror_step(
+                    layer, shape, std=self.std, lr=self.lr, decay=self.decay,
+                    noise_batch=self.noise_batch, seed=self.seed, step=step, name=name,
+                )
+        if comm.get_world_size() > 1:
+            self._broadcast()
+
+    def _broadcast(self):
+        states = [layer.feedback for _, layer in self._layers]
+        flat = torch._utils._flatten_dense_tensors(states)
+        torch.distributed.broadcast(flat, src=0)
+        for state, new in zip(states, torch._utils._unflatten_dense_tensors(flat, states)):
+            state.copy_(new)
+
+    def _warn_once(self, name):
+        if name not in self._warned:
+            self._warned.add(name)
+            logger.warning(
+                f"WeightMirrorHook: {name} was not called in a training forward pass yet; its B "
+                "is not mirrored until it is"
+            )
+
+
+def weight_mirror_hook(model: Optional[nn.Module] = None, **options) -> Optional[WeightMirrorHook]:
+    """
+    A :class:`WeightMirrorHook` for ``model`` with ``options`` (its keyword arguments), or None
+    when ``model`` is given and has no weight_mirror layer (nothing to register).
+    """
+    if model is not None and not mirror_layers(_unwrap(model)):
+        return None
+    return WeightMirrorHook(model=model, **options)
+
+
+_CFG_KEYS = {
+    "period": "MODEL.BIO.MIRROR.PERIOD",
+    "std": "MODEL.BIO.MIRROR.NOISE_STD",
+    "lr": "MODEL.BIO.MIRROR.LR",
+    "decay": "MODEL.BIO.MIRROR.DECAY",
+    "noise_batch": "MODEL.BIO.MIRROR.NOISE_BATCH",
+    "initial_steps": "MODEL.BIO.MIRROR.INITIAL_STEPS",
+}
+
+
+def build_weight_mirror_hook(cfg, model: nn.Module) -> Optional[WeightMirrorHook]:
+    """
+    Args:
+        cfg: a config with ``MODEL.BIO.MIRROR.*`` (see :func:`bio_detectron.add_bio_config`).
+        model: the model trained (DDP-wrapped or not).
+
+    Returns:
+        WeightMirrorHook or None: None when the model has no weight_mirror layer, or when
+        ``MODEL.BIO.MIRROR.PERIOD`` and ``INITIAL_STEPS`` are 0 (then with a warning: B stays
+        random, as in feedback alignment).
+    """
+    m = cfg.MODEL.BIO.MIRROR
+    opts = check_mirror_options(
+        m.PERIOD, m.NOISE_STD, m.LR, m.DECAY, m.NOISE_BATCH, m.INITIAL_STEPS, keys=_CFG_KEYS
+    )
+    layers = mirror_layers(_unwrap(model))
+    if not layers:
+        return None
+    if opts["period"] == 0 and opts["initial_steps"] == 0:
+        logger.warning(
+            f"MODEL.BIO.MIRROR.PERIOD and INITIAL_STEPS are 0: the {len(layers)} weight_mirror "
+            f"layers (e.g. {layers[0][0]}) keep their random B and learn as with feedback alignment"
+        )
+        return None
+    return WeightMirrorHook(model=model, seed=cfg.MODEL.BIO.SEED, **opts)

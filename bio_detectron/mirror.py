@@ -1,0 +1,237 @@
+"""
+The weight mirror (Akrout et al. 2019, section 4): a layer's feedback weight B learns from the
+layer's own forward pass on noise, without reading W.
+
+One mirror step of a layer with weight W draws noise x ~ N(0, sigma^2), i.i.d., shaped like the
+layer's input, computes y = W x (the layer's convolution or linear map, without its bias: the bias
+adds nothing to the expected correlation, only variance) and sets
+
+    B <- (1 - decay) * B + lr * corr(x, y).
+
+``corr(x, y)`` is what the layer's weight gradient would be for input x and output gradient y
+(``y^T x`` for a linear layer, the weight-gradient convolution of x and y for a convolution),
+divided by the number of (sample, position) pairs that contribute to each kernel offset, so that
+E[corr(x, y)] = sigma^2 * W exactly, at the border of a zero-padded convolution too. B therefore
+follows (lr * sigma^2 / decay) * W, and equals W's direction up to the noise of the estimate, which
+shrinks with more noise samples (``noise_batch``) and a smaller ``decay`` (a longer average).
+
+Only PyTorch is needed here; :class:`bio_detectron.engine.WeightMirrorHook` runs the steps during
+training.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvTransposeNd
+
+from .layers import FeedbackLayer
+from .rules import WeightMirror, layer_seed
+
+__all__ = [
+    "InputShapes",
+    "mirror_correlation",
+    "mirror_layers",
+    "mirror_noise",
+    "mirror_step",
+    "noise_shape",
+]
+
+
+def mirror_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """
+    Returns:
+        list[(str, nn.Module)]: the converted layers of ``model`` that learn with the
+        ``weight_mirror`` rule, named as in ``model.named_modules()``.
+    """
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, FeedbackLayer) and isinstance(m.learning_rule, WeightMirror)
+    ]
+
+
+def _conv_arguments(layer: nn.Module):
+    """
+    The zero padding to apply to the noise first (F.pad's order), or None, and the arguments of
+    ``aten.convolution`` for the layer: the layer's own, except that noise is always padded with
+    zeros (reflected or circular copies of the noise would correlate with it).
+    """
+    n = len(layer.kernel_size)
+    pad, padding = None, layer.padding
+    if isinstance(layer, _ConvTransposeNd):
+        transposed, output_padding = True, list(layer.output_padding)
+    else:
+        transposed, output_padding = False, [0] * n
+        if layer.padding_mode != "zeros" or isinstance(padding, str):
+            pads = layer._reversed_padding_repeated_twice  # last dim first, (before, after) each
+            if all(pads[i] == pads[i + 1] for i in range(0, 2 * n, 2)):
+                padding = tuple(pads[2 * (n - 1 - i)] for i in range(n))
+            else:
+                pad, padding = list(pads), (0,) * n
+    args = (
+        list(layer.stride),
+        list(padding),
+        list(layer.dilation),
+        transposed,
+        output_padding,
+        layer.groups,
+    )
+    return pad, args
+
+
+def _contributions_per_offset(kernel_size, spatial, pad, args, device) -> torch.Tensor:
+    """
+    For one sample: how many (input, output) position pairs each kernel offset connects, i.e. the
+    weight gradient of a 1-channel convolution with the layer's geometry for an all-ones input and
+    an all-ones output gradient. Shape: ``kernel_size``.
+    """
+    stride, padding, dilation, transposed, output_padding, _ = args
+    geometry = (stride, padding, dilation, transposed, output_padding, 1)
+    ones = torch.ones((1, 1, *spatial), device=device)
+    if pad is not None:
+        ones = F.pad(ones, pad)
+    weight = torch.zeros((1, 1, *kernel_size), device=device)
+    out = torch.ops.aten.convolution(ones, weight, None, *geometry)
+    _, counts, _ = torch.ops.aten.convolution_backward(
+        torch.ones_like(out), ones, weight, None, *geometry, [False, True, False]
+    )
+    return counts[0, 0]
+
+
+@torch.no_grad()
+def mirror_correlation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """
+    Args:
+        layer: a convolution (any dimension, transposed or not) or nn.Linear.
+        x (Tensor): noise shaped like the layer's input: (N, C_in, *spatial) for a convolution,
+            (*, in_features) for a linear layer.
+
+    Returns:
+        Tensor: corr(x, y) with y = W x, shaped like W: for a linear layer y^T x / (number of rows
+        of x); for a convolution the weight-gradient convolution of x and y, each kernel offset
+        divided by the number of (sample, position) pairs it sums over. For i.i.d. x of variance
+        sigma^2, its expectation is sigma^2 * W.
+    """
+    weight = layer.weight.detach()
+    x = x.to(weight.dtype)
+    if isinstance(layer, nn.Linear):
+        rows = x.reshape(-1, x.shape[-1])
+        y = F.linear(rows, weight)
+        return y.t().mm(rows).div_(rows.shape[0])
+    pad, args = _conv_arguments(layer)
+    spatial = x.shape[2:]
+    if pad is not None:
+        x = F.pad(x, pad)
+    y = torch.ops.aten.convolution(x, weight, None, *args)
+    _, corr, _ = torch.ops.aten.convolution_backward(
+        y, x, weight, None, *args, [False, True, False]
+    )
+    counts = _contributions_per_offset(layer.kernel_size, spatial, pad, args, weight.device)
+    # An offset that connects no position (a dilation wider than the input) gets 0, not 0/0.
+    return corr.div_(counts.clamp(min=1).mul_(x.shape[0]).to(corr.dtype))
+
+
+def noise_shape(input_shape: Sequence[int], noise_batch: int = 0) -> Tuple[int, ...]:
+    """The shape of a layer's mirror noise: its input's, with ``noise_batch`` samples when > 0."""
+    shape = tuple(input_shape)
+    return (noise_batch,) + shape[1:] if noise_batch > 0 else shape
+
+
+def mirror_noise(
+    layer: nn.Module, shape: Sequence[int], std: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Noise N(0, std^2) of ``shape``, on the layer's device and in its weight's dtype."""
+    weight = layer.weight
+    x = torch.randn(tuple(shape), generator=generator, device=weight.device, dtype=torch.float32)
+    return x.mul_(std).to(weight.dtype)
+
+
+@torch.no_grad()
+def mirror_step(
+    layer: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    std: float,
+    lr: float,
+    decay: float,
+    noise_batch: int = 0,
+    seed: int = 0,
+    step=0,
+    name: Optional[str] = None,
+):
+    """
+    One mirror step of a ``weight_mirror`` layer, in place:
+    B <- (1 - decay) * B + lr * corr(x, y), x ~ N(0, std^2) (see :func:`mirror_correlation`).
+
+    The noise comes from a generator of its own, seeded by (``seed``, the layer's name, ``step``):
+    the step draws nothing from the global random number generators, and the same step of a
+    resumed run, or of another process, draws the same noise.
+
+    Args:
+        layer: a converted layer whose rule is ``weight_mirror``.
+        input_shape: the shape of the layer's input in training.
+        std, lr, decay: sigma, the mirror's learning rate and its decay.
+        noise_batch: noise samples per step; 0 takes the batch of ``input_shape``.
+        seed, step: decide the noise, with ``name`` (default: the layer's ``bio_name``); ``step``
+            is any id of the step (int or str), e.g. the iteration.
+        name: the layer's module name.
+    """
+    if not isinstance(getattr(layer, "learning_rule", None), WeightMirror):
+        raise TypeError(
+            f"{type(layer).__name__} {name or getattr(layer, 'bio_name', '')!r} does not learn "
+            "with the weight_mirror rule; only its layers have a mirror"
+        )
+    if layer._feedback_pending:  # B of the weights training starts from, as a backward would
+        layer.make_feedback_now()
+    name = layer.bio_name if name is None else name
+    device = layer.weight.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(layer_seed(seed, f"{name}/mirror/{step}"))
+    x = mirror_noise(layer, noise_shape(input_shape, noise_batch), std, generator)
+    corr = mirror_correlation(layer, x)
+    state = layer.feedback
+    state.mul_(1.0 - decay).add_(corr.to(state.dtype), alpha=lr)
+
+
+class InputShapes:
+    """
+    Records the shape of each layer's input in training forward passes. Between :meth:`start` and
+    :meth:`stop` (or within ``with``), the first call of each layer writes its input's shape into
+    :attr:`shapes` (name -> shape), which keeps the last shape recorded; nothing else changes. A
+    layer called several times per step (a RetinaNet head conv, once per pyramid level) keeps the
+    shape of its first call.
+    """
+
+    def __init__(self, layers: Sequence[Tuple[str, nn.Module]]):
+        self.layers = list(layers)
+        self.shapes: Dict[str, Tuple[int, ...]] = {}
+        self._handles = []
+        self._seen = set()
+
+    def _hook(self, name):
+        def record(module, args):
+            if name in self._seen or not (module.training and torch.is_grad_enabled()):
+                return
+            if args and isinstance(args[0], torch.Tensor):
+                self._seen.add(name)
+                self.shapes[name] = tuple(args[0].shape)
+
+        return record
+
+    def start(self):
+        self.stop()
+        self._seen = set()
+        self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.layers]
+
+    def stop(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
