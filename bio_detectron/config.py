@@ -53,7 +53,8 @@ def add_bio_config(cfg):
     _C.MODEL.BIO = CN()
     # The learning rule of every Conv2d/Linear of the model, unless a part below overrides it.
     # One of bio_detectron.available_rules(): "backprop", "sign_symmetry",
-    # "sign_symmetry_random_magnitude", "feedback_alignment", "feedback_alignment_signed_init".
+    # "sign_symmetry_random_magnitude", "feedback_alignment", "feedback_alignment_signed_init",
+    # "kolen_pollack", "weight_mirror" (see MODEL.BIO.MIRROR).
     _C.MODEL.BIO.RULE = "backprop"
     # Per-part rules; "" inherits MODEL.BIO.RULE. Parts are found by module name:
     _C.MODEL.BIO.PARTS = CN()
@@ -94,6 +95,46 @@ def add_bio_config(cfg):
     _C.MODEL.BIO.ALIGNMENT = CN()
     # Log alignment metrics of every converted layer every PERIOD iterations (0: off, no cost).
     _C.MODEL.BIO.ALIGNMENT.PERIOD = 0
+
+    # The weight mirror of the "weight_mirror" rule (Akrout et al. 2019, section 4), run by both
+    # trainers: B <- (1 - DECAY) * B + LR * corr(x, y), with noise x ~ N(0, NOISE_STD^2) shaped
+    # like the layer's input and y = W x; B follows (LR * NOISE_STD^2 / DECAY) * W.
+    _C.MODEL.BIO.MIRROR = CN()
+    # A mirror step of every weight_mirror layer after every PERIOD-th iteration's optimizer step
+    # (0: none). A step with NOISE_BATCH 0 costs about 2/3 of a training step, so 20 adds ~3 %.
+    _C.MODEL.BIO.MIRROR.PERIOD = 20
+    # sigma, the standard deviation of the noise (> 0).
+    _C.MODEL.BIO.MIRROR.NOISE_STD = 1.0
+    # eta_B, the mirror's learning rate (> 0).
+    _C.MODEL.BIO.MIRROR.LR = 0.2
+    # lambda_B, the mirror's decay of B per step, in [0, 1]: B averages the last ~1/DECAY steps'
+    # correlations; smaller is less noisy but slower to follow W.
+    _C.MODEL.BIO.MIRROR.DECAY = 0.2
+    # Noise samples per layer and step; 0: the batch of the layer's input in training (per
+    # process). The noise keeps the spatial size of the layer's training input.
+    _C.MODEL.BIO.MIRROR.NOISE_BATCH = 0
+    # Mirror steps after the first iteration (iteration 0; not on resume), so that B is aligned
+    # from the start, as Akrout et al.'s released code mirrors before training (0: none; with
+    # PERIOD also 0, B stays random, as in feedback alignment).
+    _C.MODEL.BIO.MIRROR.INITIAL_STEPS = 10
+
+    # The optimizer of both trainers (bio_detectron.solver.build_bio_optimizer). The seed paper's
+    # code (its train.py) applies it to every parameter but the last layer's, which has switches of
+    # its own; the last layer is the "predictor" part (MODEL.BIO.PARTS.PREDICTOR: RetinaNet's
+    # cls_score/bbox_pred, a classifier's last linear layer).
+    _C.SOLVER.BIO = CN()
+    # "SGD" (detectron2's SGD, the default) or "BatchManhattanSGD": the sign of each parameter's
+    # mini-batch gradient replaces the gradient, then weight decay and momentum are added as in
+    # SGD: g = sign(grad) + wd * W; v = momentum * v + g; W -= lr * v (the seed code's --bm).
+    _C.SOLVER.BIO.OPTIMIZER = "SGD"
+    # No sign change (the seed code's --nsc): a weight whose update would flip its sign (or make
+    # it 0) is set to +-1e-10, keeping its sign. Biases (parameters named "bias") are left out.
+    _C.SOLVER.BIO.NO_SIGN_CHANGE = False
+    # The last layer: batch manhattan for it too (--lbm), no sign change for it too (--lnsc),
+    # and its learning rate (--llr; 0: SOLVER.BASE_LR), which follows the same lr schedule.
+    _C.SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN = False
+    _C.SOLVER.BIO.LAST_LAYER_NO_SIGN_CHANGE = False
+    _C.SOLVER.BIO.LAST_LAYER_LR = 0.0
 
 
 def add_classification_config(cfg):

@@ -17,7 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from detectron2.engine.defaults import default_writers
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
-from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,8 +29,10 @@ from ..data.imagenet import (
     build_classification_train_loader,
 )
 from ..modeling.classification import build_classifier
+from ..solver import build_bio_optimizer
 from .ddp import create_ddp_model, sync_batchnorm_if_distributed
 from .hooks import FiniteLossCheck
+from .mirror import build_weight_mirror_hook
 
 __all__ = [
     "ClassificationCheckpointer",
@@ -199,7 +201,7 @@ class ClassificationTrainer(SimpleTrainer):
             f"{cfg.SOLVER.MAX_ITER}, lr {cfg.SOLVER.BASE_LR:g} (x{cfg.SOLVER.GAMMA:g} at "
             f"{list(cfg.SOLVER.STEPS)})"
         )
-        optimizer = build_optimizer(cfg, model)
+        optimizer = build_bio_optimizer(cfg, model)
         # Per-process BatchNorm statistics, as the seed code: no buffer broadcast each step.
         super().__init__(create_ddp_model(model, broadcast_buffers=False), data_loader, optimizer)
 
@@ -244,12 +246,15 @@ class ClassificationTrainer(SimpleTrainer):
     def build_hooks(self):
         """
         Returns:
-            list[HookBase]: in order: timer, LR schedule, checkpoints (main process), the
+            list[HookBase]: in order: timer, LR schedule, the weight mirror (MODEL.BIO.MIRROR,
+            when the model has weight_mirror layers), checkpoints (main process), the
             alignment metrics when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0, evaluation, writers (main
             process; last, so that they write the evaluation results of the same iteration).
         """
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler(self.optimizer, self.scheduler)]
+        # The weight mirror (None without weight_mirror layers), before the checkpointer.
+        ret.append(build_weight_mirror_hook(cfg, self.unwrapped_model))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
 

@@ -8,9 +8,11 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
+from ..solver import build_bio_optimizer
 from .alignment import build_alignment_hook
 from .ddp import cpu_safe_ddp, sync_batchnorm_if_distributed
 from .hooks import FiniteLossCheck
+from .mirror import build_weight_mirror_hook
 
 __all__ = ["BioTrainer"]
 
@@ -27,7 +29,9 @@ class BioTrainer(DefaultTrainer):
     * a stop with a clear message, before the optimizer step, when a loss becomes non-finite;
     * data loaders whose errors name an unreadable image, and COCO evaluation of any dataset
       with COCO-format metadata, the embedded ones generated on demand;
-    * the alignment-metrics hook when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0.
+    * the alignment-metrics hook when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0;
+    * the optimizer of ``SOLVER.BIO`` (SGD or batch-manhattan SGD) and the weight mirror of the
+      ``weight_mirror`` rule (``MODEL.BIO.MIRROR``).
     """
 
     def __init__(self, cfg):
@@ -47,6 +51,10 @@ class BioTrainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         return sync_batchnorm_if_distributed(super().build_model(cfg), cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_bio_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -69,4 +77,7 @@ class BioTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         # Before the writer, so its scalars are written in the same iteration; None when off.
         hooks.insert(-1, build_alignment_hook(self.cfg, self.model))
+        # Right after DefaultTrainer's IterationTimer and LRScheduler, before its checkpointer, so
+        # that a checkpoint holds B after its iteration's mirror step; None without mirror layers.
+        hooks.insert(2, build_weight_mirror_hook(self.cfg, self.model))
         return hooks

@@ -1,0 +1,270 @@
+"""
+The optimizers of both trainers: detectron2's SGD, or the seed paper's batch-manhattan SGD.
+
+Batch manhattan (Liao, Leibo & Poggio 2016) replaces each parameter's mini-batch gradient by its
+sign; the seed paper's code (Xiao et al. 2018, ``optim/bm_sgd.py`` and ``optim/bm_nsc_sgd.py`` of
+willwx/sign-symmetry) trained sign-symmetry with it. Its update, per parameter W:
+
+    g = sign(grad) + wd * W;   v = momentum * v + g   (v = g at the first step);   W -= lr * v
+
+and its no-sign-change variant sets a weight whose update would flip its sign (or make it 0) to
++-1e-10, keeping the sign it had. The seed code applies both to every parameter but the last
+layer's, which has switches and a learning rate of its own, and leaves biases out of no-sign-change.
+"""
+
+import logging
+import math
+import numbers
+from typing import Dict, List
+
+import torch
+from detectron2.solver import build_optimizer
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from torch import nn
+
+from .layers import FeedbackLayer
+from .modeling.parts import parts_of
+
+__all__ = [
+    "OPTIMIZERS",
+    "BatchManhattanSGD",
+    "build_bio_optimizer",
+    "check_trained_feedback",
+    "last_layer_parameters",
+]
+
+logger = logging.getLogger(__name__)
+
+# The values of SOLVER.BIO.OPTIMIZER.
+OPTIMIZERS = ("SGD", "BatchManhattanSGD")
+
+
+class BatchManhattanSGD(torch.optim.Optimizer):
+    """
+    SGD with momentum, weight decay and, per parameter group, batch manhattan and no sign change,
+    as ``BMNSC_SGD`` of the seed paper's code. With both switches off a group steps exactly as
+    ``torch.optim.SGD``.
+
+    Per parameter W with gradient grad (v: the momentum buffer):
+
+        d = sign(grad) if batch_manhattan else grad
+        d = d + weight_decay * W
+        v = d at the first step, else momentum * v + (1 - dampening) * d
+        d = d + momentum * v if nesterov else v
+        W = W - lr * d
+        if no_sign_change: W = +lower_bound where sign(W_before) * sign(W) <= 0 and W_before >= 0,
+                               -lower_bound where sign(W_before) * sign(W) <= 0 and W_before < 0
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        batch_manhattan: bool = True,
+        no_sign_change: bool = False,
+        lower_bound: float = 1e-10,
+    ):
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if not (isinstance(value, numbers.Real) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}={value!r}: must be a finite number >= 0")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening 0")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            batch_manhattan=bool(batch_manhattan),
+            no_sign_change=bool(no_sign_change),
+            lower_bound=abs(float(lower_bound)),
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = torch.sign(p.grad) if group["batch_manhattan"] else p.grad
+                if wd != 0:
+                    d = d.add(p, alpha=wd)
+                if momentum != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.clone(d).detach()
+                    else:
+                        buf.mul_(momentum).add_(d, alpha=1 - group["dampening"])
+                    d = d.add(buf, alpha=momentum) if group["nesterov"] else buf
+                if not group["no_sign_change"]:
+                    p.add_(d, alpha=-lr)
+                    continue
+                before = p.clone()
+                p.add_(d, alpha=-lr)
+                flipped = torch.sign(before).mul_(torch.sign(p)) <= 0
+                positive = before >= 0
+                p.masked_fill_(flipped & positive, group["lower_bound"])
+                p.masked_fill_(flipped & ~positive, -group["lower_bound"])
+        return loss
+
+
+def last_layer_parameters(model: nn.Module) -> Dict[nn.Parameter, str]:
+    """
+    Returns:
+        dict[Parameter, str]: the parameters of the model's last layer(s), the layers of part
+        "predictor" (:func:`bio_detectron.modeling.parts.part_of`: RetinaNet's ``cls_score`` and
+        ``bbox_pred``, a classifier's ``classifier``), with their names.
+    """
+    modules = dict(model.named_modules())
+    params = {}
+    for name, part in parts_of(model).items():
+        if part == "predictor":
+            for p_name, p in modules[name].named_parameters(recurse=False):
+                params.setdefault(p, f"{name}.{p_name}")
+    return params
+
+
+def _check_options(cfg):
+    s = cfg.SOLVER.BIO
+    if s.OPTIMIZER not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.BIO.OPTIMIZER={s.OPTIMIZER!r} is not allowed; use one of {OPTIMIZERS}")
+    lr = s.LAST_LAYER_LR
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (lr >= 0 and math.isfinite(lr)):
+        raise ValueError(f"SOLVER.BIO.LAST_LAYER_LR={lr!r}: must be a number >= 0 (0: SOLVER.BASE_LR)")
+
+
+def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """
+    The optimizer of ``SOLVER.BIO`` (see :func:`bio_detectron.add_bio_config`).
+
+    With the defaults (``OPTIMIZER "SGD"``, no sign change and no last-layer option) it is
+    detectron2's ``build_optimizer(cfg, model)``, unchanged. Otherwise a
+    :class:`BatchManhattanSGD` with detectron2's parameter groups (``SOLVER.BASE_LR``,
+    ``WEIGHT_DECAY``, ``WEIGHT_DECAY_NORM``, ``BIAS_LR_FACTOR``, ``WEIGHT_DECAY_BIAS``,
+    ``MOMENTUM``, ``NESTEROV``), each split into the seed code's groups: the last layer (batch
+    manhattan by ``LAST_LAYER_BATCH_MANHATTAN``, no sign change by ``LAST_LAYER_NO_SIGN_CHANGE``,
+    learning rate ``LAST_LAYER_LR`` times the group's factor) and the rest (batch manhattan when
+    ``OPTIMIZER`` is "BatchManhattanSGD", no sign change by ``NO_SIGN_CHANGE``); biases never get
+    no sign change. Gradient clipping (``SOLVER.CLIP_GRADIENTS``) applies as in detectron2.
+
+    Args:
+        model: the model before it is wrapped in DistributedDataParallel.
+    """
+    _check_options(cfg)
+    s = cfg.SOLVER.BIO
+    custom = (
+        s.OPTIMIZER != "SGD"
+        or s.NO_SIGN_CHANGE
+        or s.LAST_LAYER_BATCH_MANHATTAN
+        or s.LAST_LAYER_NO_SIGN_CHANGE
+        or s.LAST_LAYER_LR > 0
+    )
+    if not custom:
+        optimizer = build_optimizer(cfg, model)
+        check_trained_feedback(optimizer, model)
+        return optimizer
+
+    last = last_layer_parameters(model)
+    last_keys = [k for k in ("LAST_LAYER_BATCH_MANHATTAN", "LAST_LAYER_NO_SIGN_CHANGE") if s[k]]
+    last_keys += ["LAST_LAYER_LR"] if s.LAST_LAYER_LR > 0 else []
+    if last_keys and not last:
+        raise ValueError(
+            f"SOLVER.BIO.{last_keys[0]} is set, but {type(model).__name__} has no last layer (no "
+            "layer of part 'predictor', e.g. cls_score, bbox_pred or classifier)"
+        )
+    names = {p: n for n, p in model.named_parameters()}
+    base_lr = cfg.SOLVER.BASE_LR
+    groups: List[dict] = []
+    for group in get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    ):
+        split: Dict[tuple, List[nn.Parameter]] = {}
+        for p in group["params"]:
+            is_last, name = p in last, names[p]
+            nsc = (s.LAST_LAYER_NO_SIGN_CHANGE if is_last else s.NO_SIGN_CHANGE)
+            nsc = nsc and not name.endswith("bias")
+            if nsc and name.endswith(".feedback"):
+                raise ValueError(
+                    f"{name} is a feedback weight trained like its layer's weight (kolen_pollack); "
+                    "no sign change would clamp W and B apart. Turn off SOLVER.BIO."
+                    f"{'LAST_LAYER_' if is_last else ''}NO_SIGN_CHANGE or use another rule."
+                )
+            split.setdefault((is_last, nsc), []).append(p)
+        for (is_last, nsc), params in split.items():
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            if is_last and s.LAST_LAYER_LR > 0:
+                hyper["lr"] = s.LAST_LAYER_LR * hyper.get("lr", base_lr) / base_lr
+            hyper["batch_manhattan"] = (
+                s.LAST_LAYER_BATCH_MANHATTAN if is_last else s.OPTIMIZER == "BatchManhattanSGD"
+            )
+            hyper["no_sign_change"] = nsc
+            groups.append({"params": params, **hyper})
+    optimizer = BatchManhattanSGD(
+        groups,
+        lr=base_lr,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
+    _log_groups(optimizer, names, last)
+    check_trained_feedback(optimizer, model)
+    return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def _log_groups(optimizer, names, last):
+    for g in optimizer.param_groups:
+        which = "last layer" if g["params"][0] in last else "other layers"
+        logger.info(
+            f"{which}: {len(g['params'])} parameters (e.g. {names[g['params'][0]]}), lr "
+            f"{g['lr']:g}, weight decay {g['weight_decay']:g}"
+            + (", batch manhattan" if g["batch_manhattan"] else "")
+            + (", no sign change" if g["no_sign_change"] else "")
+        )
+
+
+def check_trained_feedback(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """
+    Raise unless every trained feedback weight (``state_kind "parameter"``, e.g. kolen_pollack's
+    B) is in a parameter group whose hyperparameters are those of its layer's weight: B must get
+    W's update and weight decay.
+    """
+    group_of = {}
+    for i, g in enumerate(optimizer.param_groups):
+        for p in g["params"]:
+            group_of[p] = i
+
+    def hyper(i):
+        g = optimizer.param_groups[i]
+        return {k: v for k, v in g.items() if k not in ("params", "param_names")}
+
+    for name, m in model.named_modules():
+        if not isinstance(m, FeedbackLayer) or m.learning_rule.state_kind != "parameter":
+            continue
+        w, b = m.weight, m._state()
+        if not w.requires_grad or w not in group_of:
+            continue
+        if b not in group_of:
+            raise ValueError(
+                f"{name}.feedback ({m.rule}) is not in the optimizer, but {name}.weight is: B "
+                "must be trained with W"
+            )
+        if hyper(group_of[w]) != hyper(group_of[b]):
+            raise ValueError(
+                f"{name}.feedback ({m.rule}) must be optimized like {name}.weight, but its "
+                f"parameter group has {hyper(group_of[b])} and the weight's {hyper(group_of[w])}"
+            )

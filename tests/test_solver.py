@@ -1,0 +1,180 @@
+"""The optimizers of SOLVER.BIO: detectron2's SGD, or the seed code's batch-manhattan SGD."""
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from torch import nn
+
+import bio_detectron as bd
+from bio_detectron.config import add_bio_config
+from bio_detectron.solver import BatchManhattanSGD, build_bio_optimizer, check_trained_feedback
+
+LR, LAST_LR, WD, MU = 0.1, 0.5, 0.01, 0.9
+
+
+class Classifier(nn.Module):
+    """A body and a last layer named like a classifier's ("classifier": part "predictor")."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.body(x)))
+
+
+def _cfg(*opts):
+    cfg = get_cfg()
+    add_bio_config(cfg)
+    cfg.merge_from_list(
+        ["SOLVER.BASE_LR", LR, "SOLVER.WEIGHT_DECAY", WD, "SOLVER.MOMENTUM", MU] + list(opts)
+    )
+    return cfg
+
+
+def _model():
+    model = Classifier().double()
+    with torch.no_grad():  # weights near 0, so that some updates flip signs
+        model.body.weight.copy_(torch.tensor([[0.3, -0.02, 0.0], [0.01, -0.4, 0.05]] * 2))
+        model.body.bias.copy_(torch.tensor([0.01, -0.01, 0.2, 0.0]))
+        model.classifier.weight.copy_(torch.tensor([[0.02, -0.3, 0.5, -0.01], [0.2, 0.03, -0.04, 0.1]]))
+        model.classifier.bias.copy_(torch.tensor([0.005, -0.2]))
+    return model
+
+
+GRADS = [  # two steps of fixed gradients, per parameter name
+    {
+        "body.weight": torch.tensor([[2.0, 5.0, -1.0], [-3.0, 0.5, 0.0]] * 2),
+        "body.bias": torch.tensor([4.0, -4.0, 0.0, 1.0]),
+        "classifier.weight": torch.tensor([[1.0, -2.0, 0.3, 2.0], [-0.5, 1.0, 0.2, -4.0]]),
+        "classifier.bias": torch.tensor([0.1, -3.0]),
+    },
+    {
+        "body.weight": torch.tensor([[-1.0, 2.0, 3.0], [1.0, -0.2, 4.0]] * 2),
+        "body.bias": torch.tensor([-2.0, 1.0, 3.0, -1.0]),
+        "classifier.weight": torch.tensor([[-1.0, 0.5, 2.0, 1.0], [0.5, -1.0, 0.2, 3.0]]),
+        "classifier.bias": torch.tensor([1.0, 1.0]),
+    },
+]
+
+
+def _by_hand(model, bm, nsc, lr):
+    """Two steps of the seed code's update, written out per parameter name."""
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {}
+    for grads in GRADS:
+        for name, w in params.items():
+            g = grads[name].double()
+            d = torch.sign(g) if bm(name) else g
+            d = d + WD * w
+            v = d if name not in buffers else MU * buffers[name] + d
+            buffers[name] = v
+            new = w - lr(name) * v
+            if nsc(name):
+                flipped = torch.sign(w) * torch.sign(new) <= 0
+                new = torch.where(flipped & (w >= 0), torch.full_like(new, 1e-10), new)
+                new = torch.where(flipped & (w < 0), torch.full_like(new, -1e-10), new)
+            params[name] = new
+    return params
+
+
+def _two_steps(model, optimizer):
+    for grads in GRADS:
+        for name, p in model.named_parameters():
+            p.grad = grads[name].double().clone()
+        optimizer.step()
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "opts,bm,nsc,lr",
+    [
+        # --bm: sign for all but the last layer, which keeps SGD at the base lr
+        (
+            ["SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD"],
+            lambda n: n.startswith("body"), lambda n: False, lambda n: LR,
+        ),
+        # --bm --nsc: no sign change for the body's weight, not its bias
+        (
+            ["SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD", "SOLVER.BIO.NO_SIGN_CHANGE", True],
+            lambda n: n.startswith("body"), lambda n: n == "body.weight", lambda n: LR,
+        ),
+        # --lbm --lnsc --llr: only the last layer, with its own lr
+        (
+            [
+                "SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN", True,
+                "SOLVER.BIO.LAST_LAYER_NO_SIGN_CHANGE", True,
+                "SOLVER.BIO.LAST_LAYER_LR", LAST_LR,
+            ],
+            lambda n: n.startswith("classifier"), lambda n: n == "classifier.weight",
+            lambda n: LAST_LR if n.startswith("classifier") else LR,
+        ),
+        # --bm --lbm --llr
+        (
+            [
+                "SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD",
+                "SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN", True,
+                "SOLVER.BIO.LAST_LAYER_LR", LAST_LR,
+            ],
+            lambda n: True, lambda n: False,
+            lambda n: LAST_LR if n.startswith("classifier") else LR,
+        ),
+    ],
+)  # fmt: skip
+def test_two_steps_match_the_seed_code_by_hand(opts, bm, nsc, lr):
+    model = _model()
+    expected = _by_hand(model, bm, nsc, lr)
+    optimizer = build_bio_optimizer(_cfg(*opts), model)
+    assert isinstance(optimizer, BatchManhattanSGD)
+    got = _two_steps(model, optimizer)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=0, msg=name)
+    if any(nsc(n) for n in expected):  # the hand computation did clamp some weights
+        assert any((got[n].abs() == 1e-10).any() for n in expected if nsc(n))
+
+
+def test_default_is_detectron2_sgd_and_plain_groups_step_as_torch_sgd():
+    model = _model()
+    optimizer = build_bio_optimizer(_cfg(), model)
+    assert type(optimizer) is torch.optim.SGD
+    reference = _two_steps(model, optimizer)
+    model = _model()
+    plain = BatchManhattanSGD(model.parameters(), lr=LR, momentum=MU, weight_decay=WD,
+                              batch_manhattan=False)  # fmt: skip
+    got = _two_steps(model, plain)
+    for name in got:
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-14, atol=0)
+
+
+def test_kolen_pollack_feedback_follows_its_weight_under_batch_manhattan():
+    model = bd.convert_model(_model(), "kolen_pollack", exclude="classifier")
+    bd.make_feedback_now(model)
+    d0 = (model.body.weight - model.body.feedback).detach().clone()
+    cfg = _cfg("SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD")
+    optimizer = build_bio_optimizer(cfg, model)
+    model(torch.randn(5, 3, dtype=torch.double)).sum().backward()
+    optimizer.step()
+    d1 = (model.body.weight - model.body.feedback).detach()
+    torch.testing.assert_close(d1, (1 - LR * WD) * d0, rtol=1e-12, atol=1e-15)
+
+    with pytest.raises(ValueError, match="body.feedback is a feedback weight trained like"):
+        build_bio_optimizer(_cfg("SOLVER.BIO.NO_SIGN_CHANGE", True), model)
+    bad = torch.optim.SGD(
+        [{"params": [model.body.weight]}, {"params": [model.body.feedback], "lr": 1.0}], lr=0.1
+    )
+    with pytest.raises(ValueError, match="body.feedback .kolen_pollack. must be optimized like"):
+        check_trained_feedback(bad, model)
+    with pytest.raises(ValueError, match="body.feedback .kolen_pollack. is not in the optimizer"):
+        check_trained_feedback(torch.optim.SGD([model.body.weight], lr=0.1), model)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="SOLVER.BIO.OPTIMIZER='Adam' is not allowed"):
+        build_bio_optimizer(_cfg("SOLVER.BIO.OPTIMIZER", "Adam"), _model())
+    with pytest.raises(ValueError, match="SOLVER.BIO.LAST_LAYER_LR=-1.0: must be a number >= 0"):
+        build_bio_optimizer(_cfg("SOLVER.BIO.LAST_LAYER_LR", -1.0), _model())
+    with pytest.raises(ValueError, match="SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN is set, but"):
+        build_bio_optimizer(
+            _cfg("SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN", True), nn.Sequential(nn.Linear(2, 2))
+        )
