@@ -15,6 +15,7 @@ truth (tools/visualize.py), into one figure, ``<output-dir>/detections.png`` unl
     python tools/demo.py                                      # sign_symmetry only
     python tools/demo.py --rules backprop sign_symmetry feedback_alignment
     python tools/demo.py --rules backprop -- SOLVER.MAX_ITER 20   # config options after "--"
+    python tools/demo.py --configs configs/Textures-Detection --rules backprop kolen_pollack
 """
 
 import argparse
@@ -27,18 +28,19 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "Shapes-Detection", "retinanet_R_18_FPN_{}.yaml")
+CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
+CONFIG = "retinanet_R_18_FPN_{}.yaml"
 HEADER = "| rule | bbox AP | AP50 | AP75 | training time | total time | iterations | output |"
 
 
-def train(rule, output_dir, opts):
+def train(rule, config, output_dir, opts):
     """Run train_net.py for one rule, echoing its progress lines; returns a row of the table."""
     os.makedirs(output_dir, exist_ok=True)
     metrics = os.path.join(output_dir, "metrics.json")
     if os.path.exists(metrics):  # detectron2 appends to it: a stale AP must not be read back
         os.remove(metrics)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
-    cmd += ["--config-file", CONFIG.format(rule), "OUTPUT_DIR", output_dir, *opts]
+    cmd += ["--config-file", config, "OUTPUT_DIR", output_dir, *opts]
     start, tail, train_time = time.perf_counter(), [], "?"
     pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with subprocess.Popen(cmd, cwd=REPO, **pipe) as proc:
@@ -67,13 +69,17 @@ def train(rule, output_dir, opts):
     ]
 
 
-def draw(rules, output_dirs, figure, opts):
-    """The detections of each rule's model on the first validation images, in one figure."""
+def draw(configs, output_dirs, figure, opts):
+    """The detections of each run's model on the first images of its test set, in one figure."""
+    import yaml
+
+    with open(os.path.join(output_dirs[0], "config.yaml")) as f:  # the run's merged config
+        dataset = yaml.safe_load(f)["DATASETS"]["TEST"][0]
     cmd = [sys.executable, os.path.join(REPO, "tools", "visualize.py")]
-    for rule, output_dir in zip(rules, output_dirs):
-        cmd += ["--config-file", CONFIG.format(rule)]
+    for config, output_dir in zip(configs, output_dirs):
+        cmd += ["--config-file", config]
         cmd += ["--weights", os.path.join(output_dir, "model_final.pth")]
-    cmd += ["--dataset", "shapes_val", "--num", "4", "--ground-truth", "--scale", "2"]
+    cmd += ["--dataset", dataset, "--num", "4", "--ground-truth", "--scale", "2"]
     cmd += ["--output", os.path.join(os.path.dirname(figure), "visualize"), "--grid", figure]
     result = subprocess.run(cmd + list(opts), cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
@@ -87,24 +93,31 @@ def main():
     parser.add_argument("--rules", nargs="+", default=["sign_symmetry"], help="rules to train")
     parser.add_argument("--output-dir", default="output/demo", help="runs write to DIR/<rule>")
     parser.add_argument(
+        "--configs",
+        default=CONFIGS,
+        help=f"folder of the {CONFIG.format('<rule>')} files (default: configs/Shapes-Detection)",
+    )
+    parser.add_argument(
         "--figure", help="the detections figure (default: <output-dir>/detections.png)"
     )
     parser.add_argument("--no-figure", action="store_true", help="do not draw the detections")
     parser.add_argument("opts", nargs="*", help="config options KEY VALUE, passed to every run")
     args = parser.parse_args()
-    known = sorted(re.search(r"FPN_(\w+)\.yaml$", p)[1] for p in glob.glob(CONFIG.format("*")))
+    config = os.path.join(os.path.abspath(args.configs), CONFIG)
+    known = sorted(re.search(r"FPN_(\w+)\.yaml$", p)[1] for p in glob.glob(config.format("*")))
     unknown = [r for r in args.rules if r not in known]
     if unknown:
-        parser.error(f"--rules {unknown}: no {CONFIG.format('<rule>')}; rules with one: {known}")
+        parser.error(f"--rules {unknown}: no {config.format('<rule>')}; rules with one: {known}")
 
     output_dirs = [os.path.abspath(os.path.join(args.output_dir, r)) for r in args.rules]
-    rows = [train(r, d, args.opts) for r, d in zip(args.rules, output_dirs)]
+    configs = [config.format(r) for r in args.rules]
+    rows = [train(r, c, d, args.opts) for r, c, d in zip(args.rules, configs, output_dirs)]
     print(f"\n{HEADER}\n|" + "---|" * HEADER.count(" | ") + "---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if not args.no_figure:
         figure = os.path.abspath(args.figure or os.path.join(args.output_dir, "detections.png"))
-        print(f"\nDetections on the first shapes_val images: {draw(args.rules, output_dirs, figure, args.opts)}")
+        print(f"\nDetections on the first validation images: {draw(configs, output_dirs, figure, args.opts)}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """
 Datasets of bio_detectron.
 
-Importing this package registers the embedded detection dataset with detectron2 as
-"shapes_train" and "shapes_val", and small 96 px copies "shapes_train_mini" / "shapes_val_mini"
-(generated on first load, into ``$BIO_DETECTRON_DATASETS`` or
-``~/.cache/bio_detectron``; set the variable before importing).
+Importing this package registers the embedded detection datasets with detectron2 as
+"shapes_train" / "shapes_val" and "textures_train" / "textures_val", and small 96 px copies
+"shapes_train_mini" / "shapes_val_mini" and "textures_train_mini" / "textures_val_mini" (generated
+on first load, into ``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``; set the variable
+before importing).
 """
 
 from .datasets import (
@@ -12,6 +13,7 @@ from .datasets import (
     ensure_dataset_files,
     load_coco_dataset,
     register_shapes_dataset,
+    register_textures_dataset,
 )
 from .imagenet import (
     ImageFolderDataset,
@@ -30,6 +32,7 @@ from .shapes import (
     shapes_classification_dir,
     shapes_dataset_paths,
 )
+from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset_paths
 
 __all__ = [
     "ImageFolderDataset",
@@ -47,18 +50,22 @@ __all__ = [
     "ensure_shapes_dataset",
     "load_coco_dataset",
     "register_shapes_dataset",
+    "register_textures_dataset",
     "shapes_classification_dir",
     "shapes_dataset_paths",
+    "TEXTURE_CLASSES",
+    "ensure_textures_dataset",
+    "textures_dataset_paths",
 ]
 
 
-def _register_builtin_shapes() -> None:
+def _register_builtin_datasets() -> None:
     # Default sizes: what the demo trains on (1000 train / 200 val images of 160 px).
-    for split in ("train", "val"):
-        register_shapes_dataset(f"shapes_{split}", split)
-    # A small copy at 96 px for smoke runs (configs/quick_schedules, tests).
-    for split in ("train", "val"):
-        register_shapes_dataset(f"shapes_{split}_mini", split, image_size=96, num_train=32, num_val=16)
+    # Small copies at 96 px for smoke runs (configs/quick_schedules, tests).
+    for register, kind in ((register_shapes_dataset, "shapes"), (register_textures_dataset, "textures")):
+        for split in ("train", "val"):
+            register(f"{kind}_{split}", split)
+            register(f"{kind}_{split}_mini", split, image_size=96, num_train=32, num_val=16)
 
 
-_register_builtin_shapes()
+_register_builtin_datasets()

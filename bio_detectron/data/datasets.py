@@ -1,9 +1,10 @@
 """
-Loading COCO-format datasets with clear errors, and registering the embedded shapes datasets.
+Loading COCO-format datasets with clear errors, and registering the embedded generated datasets
+(shapes, textures).
 
-The shapes datasets are registered like ``register_coco_instances`` does (a DatasetCatalog entry
-that calls detectron2's ``load_coco_json``, and "coco" metadata), except that loading generates
-the files first when they are missing, so that ``import bio_detectron`` stays cheap.
+The embedded datasets are registered like ``register_coco_instances`` does (a DatasetCatalog
+entry that calls detectron2's ``load_coco_json``, and "coco" metadata), except that loading
+generates the files first when they are missing, so that ``import bio_detectron`` stays cheap.
 """
 
 import json
@@ -19,18 +20,20 @@ from .shapes import (
     ensure_shapes_dataset,
     shapes_dataset_paths,
 )
+from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset_paths
 
 __all__ = [
     "load_coco_dataset",
     "CheckedDatasetMapper",
     "register_shapes_dataset",
+    "register_textures_dataset",
     "ensure_dataset_files",
 ]
 
 # How many missing image paths an error message lists before it only gives the count.
 _MAX_LISTED = 5
 
-# Dataset name -> function that makes its files exist. Filled by register_shapes_dataset.
+# Dataset name -> function that makes its files exist. Filled by the register_*_dataset functions.
 _ENSURE_FILES: Dict[str, Callable[[], None]] = {}
 
 
@@ -176,6 +179,40 @@ def register_shapes_dataset(
     def ensure():
         ensure_shapes_dataset(split, root, image_size, num_train, num_val, seed)
 
+    _register_generated(name, json_file, image_root, ensure, DETECTION_CLASSES)
+
+
+def register_textures_dataset(
+    name: str,
+    split: str,
+    root: Optional[str] = None,
+    image_size: int = 160,
+    num_train: int = 1000,
+    num_val: int = 200,
+    seed: int = 0,
+) -> None:
+    """
+    Register a split of the generated textures detection dataset
+    (:mod:`bio_detectron.data.textures`) under ``name``; as :func:`register_shapes_dataset`.
+
+    Args:
+        name: the dataset name, e.g. "textures_train".
+        split: "train" or "val".
+        root, image_size, num_train, num_val, seed: see
+            :func:`bio_detectron.data.textures.ensure_textures_dataset`.
+    """
+    root = datasets_root(root)
+    json_file, image_root = textures_dataset_paths(split, root, image_size, num_train, num_val, seed)
+
+    def ensure():
+        ensure_textures_dataset(split, root, image_size, num_train, num_val, seed)
+
+    _register_generated(name, json_file, image_root, ensure, TEXTURE_CLASSES)
+
+
+def _register_generated(name, json_file, image_root, ensure, classes) -> None:
+    """A DatasetCatalog entry that generates the files when missing, and "coco" metadata."""
+
     def load():
         ensure()
         return load_coco_dataset(json_file, image_root, name)
@@ -188,8 +225,8 @@ def register_shapes_dataset(
         json_file=json_file,
         image_root=image_root,
         evaluator_type="coco",
-        thing_classes=list(DETECTION_CLASSES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(DETECTION_CLASSES))},
+        thing_classes=list(classes),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(classes))},
     )
 
 

@@ -1,0 +1,141 @@
+"""The configs of kolen_pollack, weight_mirror and batch manhattan, and both trainers with them."""
+
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine.hooks import PeriodicCheckpointer
+from detectron2.modeling import build_model
+
+import bio_detectron as bd
+from bio_detectron.config import add_bio_config, add_classification_config
+from bio_detectron.data.shapes import ensure_shapes_classification
+from bio_detectron.engine import BioTrainer, ClassificationTrainer, WeightMirrorHook
+from bio_detectron.modeling.classification import build_classifier
+from bio_detectron.solver import BatchManhattanSGD
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(path, *opts, classification=False):
+    cfg = get_cfg()
+    add_bio_config(cfg)
+    if classification:
+        add_classification_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, path))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "name,rule", [("kolen_pollack", "kolen_pollack"), ("weight_mirror", "weight_mirror"),
+                  ("sign_symmetry_bm", "sign_symmetry")],
+)  # fmt: skip
+def test_shapes_configs_build(name, rule):
+    cfg = _cfg(f"configs/Shapes-Detection/retinanet_R_18_FPN_{name}.yaml")
+    model = build_model(cfg)
+    assert set(bd.rules_of(model).values()) == {rule}
+    optimizer = BioTrainer.build_optimizer(cfg, model)
+    if name == "sign_symmetry_bm":
+        assert isinstance(optimizer, BatchManhattanSGD)
+        lrs = {(g["lr"], g["batch_manhattan"]) for g in optimizer.param_groups}
+        assert lrs == {(cfg.SOLVER.BASE_LR, True), (0.02, False)}
+        last = [p for g in optimizer.param_groups if not g["batch_manhattan"] for p in g["params"]]
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert sorted(names[id(p)] for p in last) == [
+            "head.bbox_pred.bias", "head.bbox_pred.weight", "head.cls_score.bias",
+            "head.cls_score.weight",
+        ]  # fmt: skip
+    else:
+        assert type(optimizer) is torch.optim.SGD
+        trained = [n for n, p in model.named_parameters() if n.endswith(".feedback")]
+        assert len(trained) == (34 if rule == "kolen_pollack" else 0)
+
+
+@pytest.mark.parametrize("rule", ["kolen_pollack", "weight_mirror"])
+def test_imagenet_configs_build(rule):
+    cfg = _cfg(f"configs/ImageNet/resnet18_{rule}.yaml", "MODEL.DEVICE", "cpu", classification=True)
+    rules = bd.rules_of(build_classifier(cfg, 10))
+    assert rules.pop("classifier") == "backprop" and set(rules.values()) == {rule}
+
+
+def test_bio_trainer_runs_the_mirror_before_the_checkpointer(tmp_path):
+    cfg = _cfg(
+        "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
+        "MODEL.BIO.RULE", "weight_mirror", "MODEL.BIO.MIRROR.PERIOD", 1,
+        "MODEL.BIO.MIRROR.INITIAL_STEPS", 1, "MODEL.BIO.ALIGNMENT.PERIOD", 0,
+        "SOLVER.MAX_ITER", 2, "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path),
+    )  # fmt: skip
+    trainer = BioTrainer(cfg)
+    kinds = [type(h) for h in trainer._hooks]
+    assert kinds.index(WeightMirrorHook) < kinds.index(PeriodicCheckpointer)
+    conv = trainer.model.head.cls_subnet[0]
+    conv.make_feedback_now()
+    start = conv.feedback.clone()
+    trainer.train()
+    assert not torch.equal(start, conv.feedback)
+
+
+def _classification_cfg(output_dir, root, rule, max_iter):
+    cfg = _cfg(
+        "configs/ImageNet/Base-Classification.yaml",
+        "MODEL.DEVICE", "cpu", "DATASETS.IMAGENET_ROOT", root, "INPUT.CLASSIFICATION.SIZE", 32,
+        "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", max_iter, "SOLVER.CHECKPOINT_PERIOD", 100,
+        "TEST.EVAL_PERIOD", 100, "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(output_dir),
+        "MODEL.BIO.RULE", rule, "MODEL.BIO.MIRROR.PERIOD", 5, "MODEL.BIO.MIRROR.INITIAL_STEPS", 2,
+        classification=True,
+    )  # fmt: skip
+    cfg.freeze()
+    return cfg
+
+
+@pytest.mark.parametrize("rule", ["kolen_pollack", "weight_mirror"])
+def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule):
+    root = ensure_shapes_classification(
+        root=str(tmp_path / "data"), image_size=32, num_train_per_class=2, num_val_per_class=1
+    )
+    first = ClassificationTrainer(_classification_cfg(tmp_path, root, rule, 2))
+    if rule == "weight_mirror":
+        kinds = [type(h) for h in first._hooks]
+        assert kinds.index(WeightMirrorHook) < kinds.index(PeriodicCheckpointer)
+    conv = first.unwrapped_model.backbone.bottom_up.stem.conv1
+    conv.make_feedback_now()
+    initial = conv.feedback.detach().clone()
+    first.resume_or_load(resume=False)
+    first.train()
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    key = "backbone.bottom_up.stem.conv1.feedback"
+    # B moved (KP: its optimizer step; WM: the initial mirror steps), and the checkpoint of the
+    # last iteration was written after the mirror step, not before.
+    assert not torch.equal(saved["model"][key], initial)
+    assert torch.equal(saved["model"][key], conv.feedback)
+
+    second = ClassificationTrainer(_classification_cfg(tmp_path, root, rule, 4))
+    second.resume_or_load(resume=True)
+    model = second.unwrapped_model
+    assert second.start_iter == 2 and not model.backbone.bottom_up.stem.conv1._feedback_pending
+    state = model.state_dict()
+    assert sum(k.endswith(".feedback") for k in state) == 20  # the 20 convs; fc is backprop
+    for k, v in state.items():
+        assert torch.equal(v, saved["model"][k]), k
+    if rule == "kolen_pollack":  # B's momentum is resumed with W's
+        index = [n for n, _ in model.named_parameters()].index(key)
+        buffers = second.optimizer.state_dict()["state"]
+        saved_buffers = saved["trainer"]["optimizer"]["state"]
+        assert len(buffers) == len(list(model.parameters()))
+        assert torch.equal(buffers[index]["momentum_buffer"], saved_buffers[index]["momentum_buffer"])
+    second.train()
+    after = model.backbone.bottom_up.stem.conv1.feedback
+    if rule == "weight_mirror":  # iterations 2 and 3: no mirror step due, no initial steps again
+        assert torch.equal(after, saved["model"][key])
+    else:
+        assert not torch.equal(after, saved["model"][key])
