@@ -11,6 +11,11 @@ time measured in the same round).
     python tools/benchmark_rules.py --arch retinanet_R_50_FPN --batch 8 --size 800 \\
         --rules backprop sign_symmetry --scale mean_abs
 
+weight_mirror's B also learns from mirror steps run by a training hook every MODEL.BIO.MIRROR.PERIOD
+iterations. Its row counts them at that period: each round also times one mirror step of all its
+layers (noise of each layer's input shape in the training step), and the step time is taken as
+(training step + mirror step / period). The mirror step is also shown on a row of its own.
+
 Evaluation rows: the same model in eval mode under ``torch.no_grad()``, converted with each rule
 (--eval-rules, default sign_symmetry) against the unconverted model; converted layers then run the
 stock forward, so the goal is 1.00x within noise.
@@ -33,6 +38,8 @@ import torch
 import torchvision
 
 import bio_detectron as bd
+from bio_detectron.engine.mirror import DEFAULTS as MIRROR
+from bio_detectron.mirror import InputShapes, mirror_layers, mirror_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = {
@@ -121,6 +128,24 @@ def make_step(model, batch, loss_fn, device, amp_dtype=None):
     return step
 
 
+def make_mirror(model, step, device):
+    """One mirror step of every weight_mirror layer, with the input shapes of a training step."""
+    layers = mirror_layers(model)
+    with InputShapes(layers) as shapes:
+        step()
+    options = {k: MIRROR[k] for k in ("std", "lr", "decay", "noise_batch")}
+    count = [0]
+
+    def mirror():
+        count[0] += 1
+        for name, layer in layers:
+            mirror_step(layer, shapes.shapes[name], step=count[0], name=name, **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return mirror
+
+
 def make_eval_step(model, batch, device):
     """A forward pass in eval mode without gradients (evaluation, predictors)."""
     model.eval()
@@ -155,6 +180,12 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="model and input NHWC")
     parser.add_argument("--scale", help="the rules' scale option (default: each rule's own)")
     parser.add_argument(
+        "--mirror-period",
+        type=int,
+        default=MIRROR["period"],
+        help="weight_mirror: a mirror step every N steps (default: MODEL.BIO.MIRROR.PERIOD's)",
+    )
+    parser.add_argument(
         "--eval-rules", nargs="*", default=["sign_symmetry"],
         help="rules also timed in eval mode under no_grad, against the unconverted model",
     )  # fmt: skip
@@ -180,10 +211,14 @@ def main():
     # name -> (step, the variant it is compared with)
     variants = {"native": make_step(copy.deepcopy(base), batch, loss_fn, device, amp_dtype)}
     reference = {"native": "native"}
+    mirrors = {}
     for rule in args.rules:
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
         variants[rule] = make_step(model, batch, loss_fn, device, amp_dtype)
         reference[rule] = "native"
+        if mirror_layers(model):
+            mirrors[f"{rule} mirror step"] = make_mirror(model, variants[rule], device)
+            reference[f"{rule} mirror step"] = "native"
     if args.eval_rules:
         variants["native (eval, no_grad)"] = make_eval_step(copy.deepcopy(base), batch, device)
         reference["native (eval, no_grad)"] = "native (eval, no_grad)"
@@ -191,6 +226,7 @@ def main():
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
         variants[f"{rule} (eval, no_grad)"] = make_eval_step(model, batch, device)
         reference[f"{rule} (eval, no_grad)"] = "native (eval, no_grad)"
+    variants.update(mirrors)
     for step in variants.values():  # warm-up: allocator, kernels, momentum buffers
         step()
         step()
@@ -220,6 +256,11 @@ def main():
     print(f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} |")
     # (eval rows: the ratio to "native (eval, no_grad)")
     print(f"|{'-' * 34}|{'-' * 17}|{'-' * 17}|")
+    for name in mirrors:  # training step + its share of a mirror step, per round
+        rule = name[: -len(" mirror step")]
+        combined = f"{rule} (+ mirror / {args.mirror_period})"
+        times[combined] = [t + m / args.mirror_period for t, m in zip(times[rule], times[name])]
+        reference[combined] = "native"
     results = {}
     for name, ts in times.items():
         ratio = statistics.median(t / n for t, n in zip(ts, times[reference[name]]))
