@@ -98,25 +98,30 @@ def add_bio_config(cfg):
 
     # The weight mirror of the "weight_mirror" rule (Akrout et al. 2019, section 4), run by both
     # trainers: B <- (1 - DECAY) * B + LR * corr(x, y), with noise x ~ N(0, NOISE_STD^2) shaped
-    # like the layer's input and y = W x; B follows (LR * NOISE_STD^2 / DECAY) * W.
+    # like the layer's input and y = W x; B follows (LR * NOISE_STD^2 / DECAY) * W, up to noise of
+    # about sqrt(DECAY / (2 - DECAY) / SAMPLES_PER_INPUT) x |W|.
     _C.MODEL.BIO.MIRROR = CN()
     # A mirror step of every weight_mirror layer after every PERIOD-th iteration's optimizer step
-    # (0: none). A step with NOISE_BATCH 0 costs about 2/3 of a training step, so 20 adds ~3 %.
+    # (0: none). With the defaults a step costs 0.5-1 training step, so 20 adds 2-5 %.
     _C.MODEL.BIO.MIRROR.PERIOD = 20
     # sigma, the standard deviation of the noise (> 0).
     _C.MODEL.BIO.MIRROR.NOISE_STD = 1.0
     # eta_B, the mirror's learning rate (> 0).
-    _C.MODEL.BIO.MIRROR.LR = 0.2
+    _C.MODEL.BIO.MIRROR.LR = 0.1
     # lambda_B, the mirror's decay of B per step, in [0, 1]: B averages the last ~1/DECAY steps'
     # correlations; smaller is less noisy but slower to follow W.
-    _C.MODEL.BIO.MIRROR.DECAY = 0.2
-    # Noise samples per layer and step; 0: the batch of the layer's input in training (per
-    # process). The noise keeps the spatial size of the layer's training input.
+    _C.MODEL.BIO.MIRROR.DECAY = 0.1
+    # Noise samples per layer and step (each of the spatial size of the layer's training input);
+    # 0: per layer, the fewest that give SAMPLES_PER_INPUT (below).
     _C.MODEL.BIO.MIRROR.NOISE_BATCH = 0
+    # With NOISE_BATCH 0: noise products summed per weight and step, in units of the layer's
+    # fan-in (> 0). One step's estimate of W is then off by about 1/sqrt(SAMPLES_PER_INPUT) x |W|
+    # in every layer: layers on small maps (ResNet's res5, P6/P7) get many samples, cheap there.
+    _C.MODEL.BIO.MIRROR.SAMPLES_PER_INPUT = 0.25
     # Mirror steps after the first iteration (iteration 0; not on resume), so that B is aligned
     # from the start, as Akrout et al.'s released code mirrors before training (0: none; with
     # PERIOD also 0, B stays random, as in feedback alignment).
-    _C.MODEL.BIO.MIRROR.INITIAL_STEPS = 10
+    _C.MODEL.BIO.MIRROR.INITIAL_STEPS = 20
 
     # The optimizer of both trainers (bio_detectron.solver.build_bio_optimizer). The seed paper's
     # code (its train.py) applies it to every parameter but the last layer's, which has switches of

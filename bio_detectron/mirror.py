@@ -13,11 +13,15 @@ adds nothing to the expected correlation, only variance) and sets
 divided by the number of (sample, position) pairs that contribute to each kernel offset, so that
 E[corr(x, y)] = sigma^2 * W exactly, at the border of a zero-padded convolution too. B therefore
 follows (lr * sigma^2 / decay) * W, and equals W's direction up to the noise of the estimate, which
-shrinks with more noise samples (``noise_batch``) and a smaller ``decay`` (a longer average).
+shrinks with more noise samples (``noise_batch``, ``samples_per_input``) and a smaller ``decay`` (a
+longer average): with ``samples_per_input`` s, one step's estimate is off by about 1/sqrt(s) x |W|,
+and the average B by about sqrt(decay / (2 - decay) / s) x |W|.
 
 Only PyTorch is needed here; :class:`bio_detectron.engine.WeightMirrorHook` runs the steps during
 training.
 """
+
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,6 +38,7 @@ __all__ = [
     "mirror_layers",
     "mirror_noise",
     "mirror_step",
+    "noise_batch_for",
     "noise_shape",
 ]
 
@@ -132,10 +137,41 @@ def mirror_correlation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return corr.div_(counts.clamp(min=1).mul_(x.shape[0]).to(corr.dtype))
 
 
-def noise_shape(input_shape: Sequence[int], noise_batch: int = 0) -> Tuple[int, ...]:
-    """The shape of a layer's mirror noise: its input's, with ``noise_batch`` samples when > 0."""
-    shape = tuple(input_shape)
-    return (noise_batch,) + shape[1:] if noise_batch > 0 else shape
+def _fan_in(layer: nn.Module) -> float:
+    """How many inputs each output of the layer sums (per position, for a convolution)."""
+    weight = layer.weight
+    if isinstance(layer, _ConvTransposeNd):
+        # Each output sums its group's inputs over the kernel offsets that land on it.
+        return (
+            weight.shape[0] / layer.groups * math.prod(layer.kernel_size) / math.prod(layer.stride)
+        )
+    return float(weight[0].numel())
+
+
+def _positions_per_sample(layer: nn.Module, input_shape: Sequence[int]) -> float:
+    """Products one noise sample adds to the correlation of a weight, averaged over offsets."""
+    if isinstance(layer, nn.Linear):
+        return float(math.prod(input_shape[1:-1]))
+    pad, args = _conv_arguments(layer)
+    counts = _contributions_per_offset(layer.kernel_size, input_shape[2:], pad, args, "cpu")
+    return float(counts.mean())
+
+
+def noise_batch_for(layer: nn.Module, input_shape: Sequence[int], samples_per_input: float) -> int:
+    """
+    The smallest noise batch whose correlation sums, for each weight, at least
+    ``samples_per_input`` x fan-in products of noise: one step's estimate of W then has a relative
+    noise of about ``1 / sqrt(samples_per_input)`` in every layer. Layers on small feature maps
+    (few positions per sample, large fan-in: the last stages of a ResNet, P6/P7) get more samples;
+    they are cheap there, and without them their B would be mostly noise.
+    """
+    positions = max(_positions_per_sample(layer, input_shape), 1.0)
+    return max(1, math.ceil(samples_per_input * _fan_in(layer) / positions))
+
+
+def noise_shape(input_shape: Sequence[int], noise_batch: int) -> Tuple[int, ...]:
+    """The shape of a layer's mirror noise: its input's, with ``noise_batch`` samples."""
+    return (int(noise_batch),) + tuple(input_shape)[1:]
 
 
 def mirror_noise(
@@ -156,6 +192,7 @@ def mirror_step(
     lr: float,
     decay: float,
     noise_batch: int = 0,
+    samples_per_input: float = 0.25,
     seed: int = 0,
     step=0,
     name: Optional[str] = None,
@@ -172,7 +209,9 @@ def mirror_step(
         layer: a converted layer whose rule is ``weight_mirror``.
         input_shape: the shape of the layer's input in training.
         std, lr, decay: sigma, the mirror's learning rate and its decay.
-        noise_batch: noise samples per step; 0 takes the batch of ``input_shape``.
+        noise_batch: noise samples per step; 0: :func:`noise_batch_for` with
+            ``samples_per_input``.
+        samples_per_input: see :func:`noise_batch_for`.
         seed, step: decide the noise, with ``name`` (default: the layer's ``bio_name``); ``step``
             is any id of the step (int or str), e.g. the iteration.
         name: the layer's module name.
@@ -188,6 +227,8 @@ def mirror_step(
     device = layer.weight.device
     generator = torch.Generator(device=device)
     generator.manual_seed(layer_seed(seed, f"{name}/mirror/{step}"))
+    if noise_batch <= 0:
+        noise_batch = noise_batch_for(layer, input_shape, samples_per_input)
     x = mirror_noise(layer, noise_shape(input_shape, noise_batch), std, generator)
     corr = mirror_correlation(layer, x)
     state = layer.feedback

@@ -138,10 +138,18 @@ def last_layer_parameters(model: nn.Module) -> Dict[nn.Parameter, str]:
 def _check_options(cfg):
     s = cfg.SOLVER.BIO
     if s.OPTIMIZER not in OPTIMIZERS:
-        raise ValueError(f"SOLVER.BIO.OPTIMIZER={s.OPTIMIZER!r} is not allowed; use one of {OPTIMIZERS}")
+        raise ValueError(
+            f"SOLVER.BIO.OPTIMIZER={s.OPTIMIZER!r} is not allowed; use one of {OPTIMIZERS}"
+        )
     lr = s.LAST_LAYER_LR
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (lr >= 0 and math.isfinite(lr)):
-        raise ValueError(f"SOLVER.BIO.LAST_LAYER_LR={lr!r}: must be a number >= 0 (0: SOLVER.BASE_LR)")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, numbers.Real)
+        or not (lr >= 0 and math.isfinite(lr))
+    ):
+        raise ValueError(
+            f"SOLVER.BIO.LAST_LAYER_LR={lr!r}: must be a number >= 0 (0: SOLVER.BASE_LR)"
+        )
 
 
 def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -196,7 +204,7 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         split: Dict[tuple, List[nn.Parameter]] = {}
         for p in group["params"]:
             is_last, name = p in last, names[p]
-            nsc = (s.LAST_LAYER_NO_SIGN_CHANGE if is_last else s.NO_SIGN_CHANGE)
+            nsc = s.LAST_LAYER_NO_SIGN_CHANGE if is_last else s.NO_SIGN_CHANGE
             nsc = nsc and not name.endswith("bias")
             if nsc and name.endswith(".feedback"):
                 raise ValueError(

@@ -20,7 +20,7 @@ from bio_detectron.engine.mirror import (
     build_weight_mirror_hook,
     weight_mirror_hook,
 )
-from bio_detectron.mirror import mirror_correlation, mirror_layers, mirror_step
+from bio_detectron.mirror import mirror_correlation, mirror_layers, mirror_step, noise_batch_for
 from bio_detectron.rules import layer_seed
 
 
@@ -185,17 +185,18 @@ def test_mirror_step_linear_by_hand():
     fc = bd.convert_model(nn.Linear(5, 3).double(), "weight_mirror", seed=2)
     fc.make_feedback_now()
     b0 = fc.feedback.clone()
-    mirror_step(fc, (7, 5), std=0.5, lr=0.3, decay=0.1, seed=1, step=4, name="fc")
+    mirror_step(fc, (7, 5), std=0.5, lr=0.3, decay=0.1, noise_batch=7, seed=1, step=4, name="fc")
     x = _noise(fc, "fc", (7, 5), 0.5, 1, 4)
     w = fc.weight.detach()
     y = x @ w.t()
     expected = 0.9 * b0 + 0.3 * sum(torch.outer(y[i], x[i]) for i in range(7)) / 7
     torch.testing.assert_close(fc.feedback, expected)
-    # noise_batch replaces the batch of the recorded shape
-    mirror_step(fc, (7, 5), std=0.5, lr=0.3, decay=0.1, noise_batch=11, seed=1, step=5, name="fc")
-    x = _noise(fc, "fc", (11, 5), 0.5, 1, 5)
+    # noise_batch 0: enough rows for samples_per_input x fan-in (5) products per weight
+    mirror_step(fc, (7, 5), std=0.5, lr=0.3, decay=0.1, samples_per_input=2.0, seed=1, step=5,
+                name="fc")  # fmt: skip
+    x = _noise(fc, "fc", (10, 5), 0.5, 1, 5)
     y = x @ w.t()
-    torch.testing.assert_close(fc.feedback, 0.9 * expected + 0.3 * y.t() @ x / 11)
+    torch.testing.assert_close(fc.feedback, 0.9 * expected + 0.3 * y.t() @ x / 10)
 
 
 def test_mirror_step_conv_by_hand():
@@ -204,7 +205,7 @@ def test_mirror_step_conv_by_hand():
     conv.make_feedback_now()
     b0 = conv.feedback.clone()
     shape = (2, 2, 7, 6)
-    mirror_step(conv, shape, std=2.0, lr=0.25, decay=0.5, seed=0, step=0, name="c")
+    mirror_step(conv, shape, std=2.0, lr=0.25, decay=0.5, noise_batch=2, seed=0, step=0, name="c")
     x = _noise(conv, "c", shape, 2.0, 0, 0)
     # Unfolded: columns (N, C*9, L) of every output position; y = W x, without the bias.
     cols = F.unfold(x, 3, padding=1, stride=2)
@@ -215,6 +216,16 @@ def test_mirror_step_conv_by_hand():
     counts = 2 * counts.sum(-1).reshape(1, 1, 3, 3)
     corr = sums.reshape(3, 2, 3, 3) / counts
     torch.testing.assert_close(conv.feedback, 0.5 * b0 + 0.25 * corr)
+
+
+def test_noise_batch_gives_every_layer_the_same_samples_per_fan_in():
+    # 18 inputs per output; 12 positions per sample at 7x6 with stride 2 (fewer at the border)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    counts = F.unfold(torch.ones(1, 1, 7, 6), 3, padding=1, stride=2).sum(-1)  # per offset
+    assert noise_batch_for(conv, (5, 2, 7, 6), 1.0) == int(torch.ceil(18 / counts.mean()))
+    assert noise_batch_for(conv, (5, 2, 70, 60), 1.0) == 1
+    assert noise_batch_for(nn.Linear(64, 3), (5, 64), 0.25) == 16
+    assert noise_batch_for(nn.Linear(64, 3), (5, 4, 64), 0.25) == 4  # 4 rows per sample
 
 
 @pytest.mark.parametrize(
@@ -263,7 +274,9 @@ def test_mirror_hook_changes_only_b_bitwise():
         else:
             assert torch.equal(sa[k], sb[k]), k
     for i, state in opt_a.state_dict()["state"].items():
-        assert torch.equal(state["momentum_buffer"], opt_b.state_dict()["state"][i]["momentum_buffer"])
+        assert torch.equal(
+            state["momentum_buffer"], opt_b.state_dict()["state"][i]["momentum_buffer"]
+        )
     assert not with_hook.conv1._forward_pre_hooks  # the shape recorders are gone
 
 
@@ -311,8 +324,8 @@ def test_build_weight_mirror_hook_from_config(caplog):
     add_bio_config(cfg)
     m = cfg.MODEL.BIO.MIRROR
     assert DEFAULTS == dict(
-        period=m.PERIOD, std=m.NOISE_STD, lr=m.LR, decay=m.DECAY,
-        noise_batch=m.NOISE_BATCH, initial_steps=m.INITIAL_STEPS,
+        period=m.PERIOD, std=m.NOISE_STD, lr=m.LR, decay=m.DECAY, noise_batch=m.NOISE_BATCH,
+        samples_per_input=m.SAMPLES_PER_INPUT, initial_steps=m.INITIAL_STEPS,
     )  # fmt: skip
     assert build_weight_mirror_hook(cfg, _net("feedback_alignment")) is None
     assert weight_mirror_hook(_net("kolen_pollack")) is None
@@ -330,6 +343,7 @@ def test_build_weight_mirror_hook_from_config(caplog):
         ("DECAY", 1.5, r"MODEL.BIO.MIRROR.DECAY=1.5: must be a number in \[0, 1\]"),
         ("NOISE_STD", 0.0, "MODEL.BIO.MIRROR.NOISE_STD=0.0: must be a number > 0"),
         ("PERIOD", -1, "MODEL.BIO.MIRROR.PERIOD=-1: must be an integer >= 0"),
+        ("SAMPLES_PER_INPUT", 0.0, "MODEL.BIO.MIRROR.SAMPLES_PER_INPUT=0.0: must be a number > 0"),
     ]:
         bad = copy.deepcopy(cfg)
         bad.MODEL.BIO.MIRROR[key] = value

@@ -132,7 +132,9 @@ def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule
         buffers = second.optimizer.state_dict()["state"]
         saved_buffers = saved["trainer"]["optimizer"]["state"]
         assert len(buffers) == len(list(model.parameters()))
-        assert torch.equal(buffers[index]["momentum_buffer"], saved_buffers[index]["momentum_buffer"])
+        assert torch.equal(
+            buffers[index]["momentum_buffer"], saved_buffers[index]["momentum_buffer"]
+        )
     second.train()
     after = model.backbone.bottom_up.stem.conv1.feedback
     if rule == "weight_mirror":  # iterations 2 and 3: no mirror step due, no initial steps again

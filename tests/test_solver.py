@@ -38,7 +38,9 @@ def _model():
     with torch.no_grad():  # weights near 0, so that some updates flip signs
         model.body.weight.copy_(torch.tensor([[0.3, -0.02, 0.0], [0.01, -0.4, 0.05]] * 2))
         model.body.bias.copy_(torch.tensor([0.01, -0.01, 0.2, 0.0]))
-        model.classifier.weight.copy_(torch.tensor([[0.02, -0.3, 0.5, -0.01], [0.2, 0.03, -0.04, 0.1]]))
+        model.classifier.weight.copy_(
+            torch.tensor([[0.02, -0.3, 0.5, -0.01], [0.2, 0.03, -0.04, 0.1]])
+        )
         model.classifier.bias.copy_(torch.tensor([0.005, -0.2]))
     return model
 

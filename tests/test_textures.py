@@ -65,7 +65,9 @@ def test_annotations_fit_the_objects_and_objects_are_textured(tiny_root):
         for ann in by_image[img["id"]]:
             poly = np.array(ann["segmentation"][0]).reshape(-1, 2)
             x, y, w, h = ann["bbox"]
-            np.testing.assert_allclose([x, y, x + w, y + h], [*poly.min(0), *poly.max(0)], atol=0.02)
+            np.testing.assert_allclose(
+                [x, y, x + w, y + h], [*poly.min(0), *poly.max(0)], atol=0.02
+            )
             assert 0 <= x and 0 <= y and x + w <= img["width"] and y + h <= img["height"]
             assert 0 < ann["area"] <= w * h
             union |= _polygon_mask(poly, img["height"], img["width"])

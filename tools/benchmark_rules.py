@@ -133,7 +133,7 @@ def make_mirror(model, step, device):
     layers = mirror_layers(model)
     with InputShapes(layers) as shapes:
         step()
-    options = {k: MIRROR[k] for k in ("std", "lr", "decay", "noise_batch")}
+    options = {k: MIRROR[k] for k in ("std", "lr", "decay", "noise_batch", "samples_per_input")}
     count = [0]
 
     def mirror():

@@ -169,7 +169,9 @@ def render_textures_image(
         outline = _outline(rng, center, radius)
         box = [*outline.min(axis=0).tolist(), *outline.max(axis=0).tolist()]
         area = (box[2] - box[0]) * (box[3] - box[1])
-        if any(_overlap(box, o["bbox"]) > max_occlusion * min(area, o["box_area"]) for o in objects):
+        if any(
+            _overlap(box, o["bbox"]) > max_occlusion * min(area, o["box_area"]) for o in objects
+        ):
             continue
         period = max(5.0, 2 * radius * rng.uniform(0.1, 0.25))
         pattern = _texture(TEXTURE_CLASSES[category], rng, size, center, period)[..., None]

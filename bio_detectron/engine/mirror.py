@@ -17,7 +17,9 @@ __all__ = ["WeightMirrorHook", "build_weight_mirror_hook", "weight_mirror_hook"]
 logger = logging.getLogger(__name__)
 
 # Defaults of the hook's options, also those of MODEL.BIO.MIRROR (config.py documents them).
-DEFAULTS = dict(period=20, std=1.0, lr=0.2, decay=0.2, noise_batch=0, initial_steps=10)
+DEFAULTS = dict(
+    period=20, std=1.0, lr=0.1, decay=0.1, noise_batch=0, samples_per_input=0.25, initial_steps=20
+)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -26,7 +28,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_mirror_options(period, std, lr, decay, noise_batch, initial_steps=0, keys=None) -> dict:
+def check_mirror_options(
+    period, std, lr, decay, noise_batch, samples_per_input, initial_steps, keys=None
+) -> dict:
     """
     Validate the weight mirror's options; errors name them by ``keys`` (option -> name, e.g. the
     config keys), default the argument names.
@@ -44,18 +48,22 @@ def check_mirror_options(period, std, lr, decay, noise_batch, initial_steps=0, k
             raise ValueError(f"{key(k)}={v!r}: must be an integer >= 0")
         return int(v)
 
-    def real(k, v, low, high, what):
-        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-        if not (ok and low(v) and high(v)):
+    def real(k, v, allowed, what):
+        number = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        if not (number and allowed(v)):
             raise ValueError(f"{key(k)}={v!r}: must be a number {what}")
         return float(v)
 
+    def positive(v):
+        return v > 0
+
     return dict(
         period=integer("period", period),
-        std=real("std", std, lambda v: v > 0, lambda v: True, "> 0"),
-        lr=real("lr", lr, lambda v: v > 0, lambda v: True, "> 0"),
-        decay=real("decay", decay, lambda v: v >= 0, lambda v: v <= 1, "in [0, 1]"),
+        std=real("std", std, positive, "> 0"),
+        lr=real("lr", lr, positive, "> 0"),
+        decay=real("decay", decay, lambda v: 0 <= v <= 1, "in [0, 1]"),
         noise_batch=integer("noise_batch", noise_batch),
+        samples_per_input=real("samples_per_input", samples_per_input, positive, "> 0"),
         initial_steps=integer("initial_steps", initial_steps),
     )
 
@@ -91,6 +99,7 @@ class WeightMirrorHook(HookBase):
         lr: float = DEFAULTS["lr"],
         decay: float = DEFAULTS["decay"],
         noise_batch: int = DEFAULTS["noise_batch"],
+        samples_per_input: float = DEFAULTS["samples_per_input"],
         initial_steps: int = DEFAULTS["initial_steps"],
         seed: int = 0,
     ):
@@ -103,13 +112,19 @@ class WeightMirrorHook(HookBase):
             lr (float): the mirror's learning rate eta_B.
             decay (float): the mirror's decay lambda_B, in [0, 1]; B follows
                 ``lr * std**2 / decay`` times W.
-            noise_batch (int): noise samples per layer and step; 0: the batch of the layer's
-                training input.
+            noise_batch (int): noise samples per layer and step; 0: per layer, enough for
+                ``samples_per_input`` (see :func:`bio_detectron.mirror.noise_batch_for`).
+            samples_per_input (float): with ``noise_batch`` 0, the noise products per weight and
+                step, in units of the layer's fan-in; one step's estimate of W is off by about
+                ``1 / sqrt(samples_per_input)`` x |W|.
             initial_steps (int): mirror steps after iteration 0.
             seed (int): seed of the noise, with each layer's name and the iteration.
         """
-        opts = check_mirror_options(period, std, lr, decay, noise_batch, initial_steps)
+        opts = check_mirror_options(
+            period, std, lr, decay, noise_batch, samples_per_input, initial_steps
+        )
         self.period, self.noise_batch = opts["period"], opts["noise_batch"]
+        self.samples_per_input = opts["samples_per_input"]
         self.initial_steps = opts["initial_steps"]
         self.std, self.lr, self.decay = opts["std"], opts["lr"], opts["decay"]
         self.seed = int(seed)
@@ -160,8 +175,16 @@ class WeightMirrorHook(HookBase):
                     self._warn_once(name)
                     continue
                 mirror_step(
-                    layer, shape, std=self.std, lr=self.lr, decay=self.decay,
-                    noise_batch=self.noise_batch, seed=self.seed, step=step, name=name,
+                    layer,
+                    shape,
+                    std=self.std,
+                    lr=self.lr,
+                    decay=self.decay,
+                    noise_batch=self.noise_batch,
+                    samples_per_input=self.samples_per_input,
+                    seed=self.seed,
+                    step=step,
+                    name=name,
                 )
         if comm.get_world_size() > 1:
             self._broadcast()
@@ -198,6 +221,7 @@ _CFG_KEYS = {
     "lr": "MODEL.BIO.MIRROR.LR",
     "decay": "MODEL.BIO.MIRROR.DECAY",
     "noise_batch": "MODEL.BIO.MIRROR.NOISE_BATCH",
+    "samples_per_input": "MODEL.BIO.MIRROR.SAMPLES_PER_INPUT",
     "initial_steps": "MODEL.BIO.MIRROR.INITIAL_STEPS",
 }
 
@@ -215,7 +239,14 @@ def build_weight_mirror_hook(cfg, model: nn.Module) -> Optional[WeightMirrorHook
     """
     m = cfg.MODEL.BIO.MIRROR
     opts = check_mirror_options(
-        m.PERIOD, m.NOISE_STD, m.LR, m.DECAY, m.NOISE_BATCH, m.INITIAL_STEPS, keys=_CFG_KEYS
+        m.PERIOD,
+        m.NOISE_STD,
+        m.LR,
+        m.DECAY,
+        m.NOISE_BATCH,
+        m.SAMPLES_PER_INPUT,
+        m.INITIAL_STEPS,
+        keys=_CFG_KEYS,
     )
     layers = mirror_layers(_unwrap(model))
     if not layers:
