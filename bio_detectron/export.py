@@ -21,6 +21,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
 from torch import nn
 
+from .config import add_bio_config
 from .convert import revert_model, rules_of
 
 __all__ = [
@@ -42,8 +43,14 @@ STOCK_BACKBONES = {
 # RetinaNet heads (MODEL.RETINANET.HEAD_NAME of BioRetinaNet) that are detectron2's RetinaNetHead
 # with converted layers.
 STOCK_RETINANET_HEADS = ("BioRetinaNetHead",)
-# The keys add_bio_config adds to a detectron2 config ("MODEL.BIO" with everything under it).
-BIO_KEYS = ("MODEL.BIO", "MODEL.RETINANET.HEAD_NAME")
+
+
+def bio_keys() -> List[str]:
+    """The keys :func:`~bio_detectron.config.add_bio_config` adds to detectron2's config (each
+    node once: "MODEL.BIO", not what is under it), read off the two configs so none is missed."""
+    bio = get_cfg()
+    add_bio_config(bio)
+    return _keys_not_in(bio, get_cfg())
 
 
 def _check_stock(registry, name: str, key: str, given: str) -> None:
@@ -79,7 +86,7 @@ def stock_config(cfg: CfgNode) -> CfgNode:
         CfgNode: a copy of ``cfg`` with detectron2's builder names (``MODEL.META_ARCHITECTURE``:
         "BioRetinaNet" -> "RetinaNet", "BioPlausible" -> ``MODEL.BIO.BASE_META_ARCHITECTURE``;
         ``MODEL.BACKBONE.NAME``: see :data:`STOCK_BACKBONES`) and without the keys of
-        :data:`BIO_KEYS`. Keys of other extensions (not in detectron2's ``get_cfg()``) are kept,
+        :func:`bio_keys`. Keys of other extensions (not in detectron2's ``get_cfg()``) are kept,
         with a warning naming them: merging it then needs their ``add_*_config`` too.
     """
     if "CLASSIFIER" in cfg.MODEL:
@@ -106,7 +113,7 @@ def stock_config(cfg: CfgNode) -> CfgNode:
 
     stock = cfg.clone()
     stock.defrost()
-    for key in BIO_KEYS:
+    for key in bio_keys():
         parent, _, leaf = key.rpartition(".")
         node = stock
         for k in parent.split("."):
