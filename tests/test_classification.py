@@ -25,7 +25,9 @@ from bio_detectron.data.imagenet import (
     scan_split,
 )
 from bio_detectron.data.shapes import ensure_shapes_classification
+from bio_detectron.engine.amp import cpu_has_native_bfloat16
 from bio_detectron.engine.classification import (
+    CPUAMPClassificationTrainer,
     ClassificationTrainer,
     build_classification_trainer,
     evaluate_checkpoint,
@@ -158,7 +160,9 @@ def test_train_a_few_iterations_per_rule(tmp_path, shapes_root, rule):
         "SOLVER.AMP.ENABLED", True, "MODEL.CLASSIFIER.CHANNELS_LAST", True,
     )  # fmt: skip
     trainer = build_classification_trainer(cfg)
-    assert type(trainer) is ClassificationTrainer  # AMP and channels_last: CUDA only, no-ops here
+    # AMP on CPU: bfloat16 where the CPU has it natively (engine/amp.py); channels_last: CUDA only.
+    expected = CPUAMPClassificationTrainer if cpu_has_native_bfloat16() else ClassificationTrainer
+    assert type(trainer) is expected
     model = trainer.unwrapped_model
     rules = rules_of(model)
     assert rules.pop("classifier") == "backprop"

@@ -1,5 +1,6 @@
 """Detection models with learning rules: end to end on CPU, train_net, launch, BioPlausible."""
 import copy
+import math
 import os
 import sys
 
@@ -251,3 +252,40 @@ def test_scale_as_a_number_from_command_line_and_file(value, tmp_path):
     torch.testing.assert_close(conv.feedback_weight(), torch.sign(conv.weight) * 0.01)
     with pytest.raises(ValueError, match="Type mismatch"):  # other keys: yacs as before
         instant_cfg("MODEL.BIO.SEED", 0.5)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_on_cpu_trains_in_bfloat16_where_native(native_bf16, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from detectron2.engine import SimpleTrainer
+
+    from bio_detectron.engine import BioTrainer, amp
+
+    monkeypatch.setattr(amp, "cpu_has_native_bfloat16", lambda: native_bf16)
+    cfg = instant_cfg(
+        "SOLVER.AMP.ENABLED", True, "SOLVER.MAX_ITER", 2, "OUTPUT_DIR", str(tmp_path),
+        "DATASETS.TEST", (), "MODEL.BIO.RULE", "feedback_alignment",
+        "MODEL.BIO.ALIGNMENT.PERIOD", 0,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="bio_detectron.engine.amp"):
+        trainer = BioTrainer(cfg)
+    inner = trainer._trainer
+    # DefaultTrainer keeps model, loader and optimizer in its inner trainer: BioTrainer replaces
+    # that trainer with one of the same pieces.
+    assert inner.model is trainer.model and inner.optimizer is trainer.optimizer
+    assert inner.data_loader is trainer.data_loader
+    conv = trainer.model.head.cls_subnet[0]
+    dtypes = []
+    conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype) if m.training else None)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert conv.weight.dtype == conv.weight.grad.dtype == conv.feedback.dtype == torch.float32
+    warned = "SOLVER.AMP.ENABLED=True, but cpu has no native half precision" in caplog.text
+    if native_bf16:
+        assert type(inner) is amp.CPUAutocastTrainer and not warned
+        assert dtypes == [torch.bfloat16] * 10  # 2 iterations x 5 FPN levels
+    else:
+        assert type(inner) is SimpleTrainer and warned and dtypes == [torch.float32] * 10

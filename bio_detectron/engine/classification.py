@@ -30,6 +30,7 @@ from ..data.imagenet import (
 )
 from ..modeling.classification import build_classifier
 from ..solver import build_bio_optimizer
+from .amp import CPUAutocastTrainer, amp_precision
 from .ddp import create_ddp_model, sync_batchnorm_if_distributed
 from .hooks import FiniteLossCheck
 from .mirror import build_weight_mirror_hook
@@ -38,6 +39,7 @@ __all__ = [
     "ClassificationCheckpointer",
     "ClassificationTrainer",
     "AMPClassificationTrainer",
+    "CPUAMPClassificationTrainer",
     "build_classification_trainer",
     "evaluate_classifier",
     "evaluate_checkpoint",
@@ -313,13 +315,21 @@ class AMPClassificationTrainer(ClassificationTrainer, AMPTrainer):
     """:class:`ClassificationTrainer` with detectron2's AMPTrainer step (float16, grad scaler)."""
 
 
+class CPUAMPClassificationTrainer(ClassificationTrainer, CPUAutocastTrainer):
+    """:class:`ClassificationTrainer` with the forward under CPU bfloat16 autocast."""
+
+
 def build_classification_trainer(cfg) -> ClassificationTrainer:
     """
-    The trainer for ``cfg``: with mixed precision when ``SOLVER.AMP.ENABLED`` and MODEL.DEVICE is
-    a CUDA device (AMP is a no-op on CPU).
+    The trainer for ``cfg``: with mixed precision when ``SOLVER.AMP.ENABLED``: float16 on CUDA,
+    bfloat16 on a CPU with native bfloat16, else full precision with a warning
+    (:func:`~.amp.amp_precision`).
     """
-    if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cuda":
+    precision = amp_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED")
+    if precision == torch.float16:
         return AMPClassificationTrainer(cfg)
+    if precision == torch.bfloat16:
+        return CPUAMPClassificationTrainer(cfg)
     return ClassificationTrainer(cfg)
 
 

@@ -4,12 +4,14 @@ import logging
 import os
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+import torch
+from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
 from ..solver import build_bio_optimizer
 from .alignment import build_alignment_hook
+from .amp import CPUAutocastTrainer, amp_precision
 from .ddp import cpu_safe_ddp, sync_batchnorm_if_distributed
 from .hooks import FiniteLossCheck
 from .mirror import build_weight_mirror_hook
@@ -31,12 +33,23 @@ class BioTrainer(DefaultTrainer):
       with COCO-format metadata, the embedded ones generated on demand;
     * the alignment-metrics hook when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0;
     * the optimizer of ``SOLVER.BIO`` (SGD or batch-manhattan SGD) and the weight mirror of the
-      ``weight_mirror`` rule (``MODEL.BIO.MIRROR``).
+      ``weight_mirror`` rule (``MODEL.BIO.MIRROR``);
+    * ``SOLVER.AMP.ENABLED`` on CPU too: bfloat16 autocast where the CPU has native bfloat16,
+      else full precision with a warning (:mod:`bio_detectron.engine.amp`).
     """
 
     def __init__(self, cfg):
         with cpu_safe_ddp():
             super().__init__(cfg)
+        precision = amp_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED")
+        if cfg.SOLVER.AMP.ENABLED and precision != torch.float16:
+            # DefaultTrainer builds its inner trainer in __init__, AMPTrainer whenever
+            # SOLVER.AMP.ENABLED, and AMPTrainer needs CUDA; there is no seam to choose another.
+            # Replace it, with the same model, loader and optimizer (tests/test_detection.py
+            # fails if DefaultTrainer stops keeping them there).
+            inner = self._trainer
+            step = CPUAutocastTrainer if precision == torch.bfloat16 else SimpleTrainer
+            self._trainer = step(inner.model, inner.data_loader, inner.optimizer)
         self.model.register_forward_hook(FiniteLossCheck(self))
 
     def train(self):
