@@ -513,15 +513,25 @@ def test_bad_alignment_period_and_missing_cuda_are_named(caplog):
     assert "train.device='cuda' but CUDA is not available: using 'cpu'" in caplog.text
 
 
-def test_amp_on_cpu_trains_in_full_precision_with_a_warning(caplog, tmp_path):
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_on_cpu_is_bfloat16_where_native_else_full_precision_with_a_warning(
+    native_bf16, caplog, tmp_path, monkeypatch
+):
+    from bio_detectron.engine import amp
+    from bio_detectron.engine.lazy import CPUAMPLazyTrainer
+
+    monkeypatch.setattr(amp, "cpu_has_native_bfloat16", lambda: native_bf16)
     cfg = load_lazy_config(
         os.path.join(CONFIGS, QUICK + ".py"),
         ["train.amp.enabled=True", f"train.output_dir={tmp_path}"],
     )
-    with _listening(caplog, "bio_detectron.engine.lazy"):
+    with _listening(caplog, "bio_detectron.engine.amp"):
         trainer = build_lazy_trainer(cfg)
-    assert type(trainer) is LazyTrainer
-    assert "train.amp.enabled=True but train.device='cpu'" in caplog.text
+    warned = "train.amp.enabled=True, but cpu has no native half precision" in caplog.text
+    if native_bf16:
+        assert type(trainer) is CPUAMPLazyTrainer and not warned
+    else:
+        assert type(trainer) is LazyTrainer and warned
 
 
 def _train_and_gather_hashes(args, result_file):
@@ -578,3 +588,27 @@ def test_two_process_cpu_launch_keeps_parameters_and_feedback_in_step(tmp_path):
     )
     ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     assert ckpt["iteration"] == 1
+
+
+def test_weight_mirror_hook_from_train_bio_mirror(tmp_path):
+    from bio_detectron.engine.mirror import WeightMirrorHook
+
+    def trainer_of(rule, mirror):
+        cfg = load_lazy_config(
+            os.path.join(CONFIGS, QUICK + ".py"),
+            [f"model.rule={rule}", "model.seed=3", f"train.output_dir={tmp_path}"],
+        )
+        if mirror is not None:
+            cfg.train.bio_mirror = mirror
+        return build_lazy_trainer(cfg)
+
+    trainer = trainer_of("weight_mirror", {"period": 2, "initial_steps": 1})
+    (hook,) = [h for h in trainer._hooks if isinstance(h, WeightMirrorHook)]
+    assert (hook.period, hook.initial_steps, hook.seed) == (2, 1, 3)
+    names = [type(h).__name__ for h in trainer._hooks]
+    assert names.index("WeightMirrorHook") < names.index("PeriodicCheckpointer")
+    assert not any(isinstance(h, WeightMirrorHook) for h in trainer_of("sign_symmetry", None)._hooks)
+    with pytest.raises(ValueError, match=r"train.bio_mirror has unknown option\(s\) \['sigma'\]"):
+        trainer_of("weight_mirror", {"sigma": 2.0})
+    with pytest.raises(ValueError, match="train.bio_mirror.lr=-1"):
+        trainer_of("weight_mirror", {"lr": -1})

@@ -17,6 +17,9 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
 
 * ``train.bio_alignment_period`` (int >= 0): log the alignment metrics of every converted layer
   every this many iterations; 0 or absent: off, at no cost.
+* ``train.bio_mirror`` (dict): options of the weight mirror of ``weight_mirror`` layers
+  (``MODEL.BIO.MIRROR.*`` of the yacs path: period, std, lr, decay, noise_batch,
+  samples_per_input, initial_steps); absent ones take their default.
 """
 
 import logging
@@ -35,6 +38,9 @@ from torch import nn
 from ..config import device_or_cpu
 from ..data import ensure_dataset_files
 from .alignment import AlignmentHook
+from .amp import CPUAutocastTrainer, amp_precision
+from .mirror import DEFAULTS as MIRROR_DEFAULTS
+from .mirror import build_mirror_hook
 from .ddp import create_ddp_model
 from .hooks import FiniteLossCheck
 
@@ -47,6 +53,7 @@ __all__ = [
     "do_test",
     "LazyTrainer",
     "AMPLazyTrainer",
+    "CPUAMPLazyTrainer",
     "build_lazy_trainer",
     "do_train",
     "evaluate_lazy_checkpoint",
@@ -55,6 +62,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALIGNMENT_PERIOD_KEY = "train.bio_alignment_period"
+MIRROR_KEY = "train.bio_mirror"
 
 # What to try after a divergence, in the keys of a config whose model is
 # L(bio_detectron.bio_plausible)(model=<a detectron2 model>, ...), as in configs/.
@@ -77,6 +85,19 @@ def load_lazy_config(path: str, opts=()):
     cfg.train.device = device_or_cpu(cfg.train.device, "train.device")
     alignment_period(cfg)
     return cfg
+
+
+def mirror_hook(cfg, model):
+    """
+    The weight mirror of the ``weight_mirror`` rule: ``train.bio_mirror`` (a dict of
+    :data:`bio_detectron.engine.mirror.DEFAULTS`' options: period, std, lr, decay, noise_batch,
+    samples_per_input, initial_steps; absent ones take their default) and the seed of the
+    ``bio_plausible`` model (``model.seed``). None when the model has no weight_mirror layer.
+    """
+    options = dict(cfg.train.get("bio_mirror", None) or {})
+    keys = {k: f"{MIRROR_KEY}.{k}" for k in MIRROR_DEFAULTS}
+    seed = cfg.model.get("seed", 0) if hasattr(cfg.model, "get") else 0
+    return build_mirror_hook(model, options, seed=seed, keys=keys, where=MIRROR_KEY)
 
 
 def alignment_period(cfg) -> int:
@@ -171,6 +192,9 @@ class LazyTrainer(SimpleTrainer):
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            # Before the checkpointer, so that a checkpoint holds B after its iteration's mirror
+            # step; None without weight_mirror layers.
+            mirror_hook(cfg, self.model),
             (
                 hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
                 if main
@@ -212,18 +236,21 @@ class AMPLazyTrainer(LazyTrainer, AMPTrainer):
     """:class:`LazyTrainer` with detectron2's AMPTrainer step (float16, grad scaler)."""
 
 
+class CPUAMPLazyTrainer(LazyTrainer, CPUAutocastTrainer):
+    """:class:`LazyTrainer` with the forward under CPU bfloat16 autocast."""
+
+
 def build_lazy_trainer(cfg) -> LazyTrainer:
     """
-    The trainer for ``cfg``: with mixed precision when ``train.amp.enabled`` and ``train.device``
-    is a CUDA device. AMPTrainer needs CUDA: on CPU it trains in full precision, with a warning.
+    The trainer for ``cfg``: with mixed precision when ``train.amp.enabled``: float16 on CUDA,
+    bfloat16 on a CPU with native bfloat16, else full precision with a warning
+    (:func:`~.amp.amp_precision`).
     """
-    if cfg.train.amp.enabled:
-        if torch.device(cfg.train.device).type == "cuda":
-            return AMPLazyTrainer(cfg)
-        logger.warning(
-            f"train.amp.enabled=True but train.device={cfg.train.device!r}: detectron2's "
-            "AMPTrainer needs CUDA; training in full precision"
-        )
+    precision = amp_precision(cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled")
+    if precision == torch.float16:
+        return AMPLazyTrainer(cfg)
+    if precision == torch.bfloat16:
+        return CPUAMPLazyTrainer(cfg)
     return LazyTrainer(cfg)
 
 

@@ -3,7 +3,7 @@
 import logging
 import math
 import numbers
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from detectron2.engine.train_loop import HookBase
@@ -226,35 +226,60 @@ _CFG_KEYS = {
 }
 
 
-def build_weight_mirror_hook(cfg, model: nn.Module) -> Optional[WeightMirrorHook]:
+def build_mirror_hook(
+    model: nn.Module,
+    options: Mapping,
+    *,
+    seed: int = 0,
+    keys: Optional[Mapping] = None,
+    where: str = "the weight mirror's options",
+) -> Optional[WeightMirrorHook]:
     """
+    The one builder behind ``MODEL.BIO.MIRROR`` (yacs) and ``train.bio_mirror`` (LazyConfig).
+
     Args:
-        cfg: a config with ``MODEL.BIO.MIRROR.*`` (see :func:`bio_detectron.add_bio_config`).
         model: the model trained (DDP-wrapped or not).
+        options: some of :data:`DEFAULTS`' keys; the others take their default.
+        seed: the run's seed (``MODEL.BIO.SEED``), for the noise.
+        keys: option -> the name errors and warnings use, e.g. its config key.
+        where: what ``options`` is called in an error about an unknown option.
 
     Returns:
         WeightMirrorHook or None: None when the model has no weight_mirror layer, or when
-        ``MODEL.BIO.MIRROR.PERIOD`` and ``INITIAL_STEPS`` are 0 (then with a warning: B stays
-        random, as in feedback alignment).
+        ``period`` and ``initial_steps`` are 0 (then with a warning: B stays random, as in
+        feedback alignment).
     """
-    m = cfg.MODEL.BIO.MIRROR
-    opts = check_mirror_options(
-        m.PERIOD,
-        m.NOISE_STD,
-        m.LR,
-        m.DECAY,
-        m.NOISE_BATCH,
-        m.SAMPLES_PER_INPUT,
-        m.INITIAL_STEPS,
-        keys=_CFG_KEYS,
-    )
+    keys = dict(keys or {})
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{where} has unknown option(s) {unknown}; the options are {sorted(DEFAULTS)}")
+    opts = check_mirror_options(**{**DEFAULTS, **options}, keys=keys)
     layers = mirror_layers(_unwrap(model))
     if not layers:
         return None
     if opts["period"] == 0 and opts["initial_steps"] == 0:
         logger.warning(
-            f"MODEL.BIO.MIRROR.PERIOD and INITIAL_STEPS are 0: the {len(layers)} weight_mirror "
-            f"layers (e.g. {layers[0][0]}) keep their random B and learn as with feedback alignment"
+            f"{keys.get('period', 'period')} and {keys.get('initial_steps', 'initial_steps')} are "
+            f"0: the {len(layers)} weight_mirror layers (e.g. {layers[0][0]}) keep their random B "
+            "and learn as with feedback alignment"
         )
         return None
-    return WeightMirrorHook(model=model, seed=cfg.MODEL.BIO.SEED, **opts)
+    return WeightMirrorHook(model=model, seed=seed, **opts)
+
+
+def build_weight_mirror_hook(cfg, model: nn.Module) -> Optional[WeightMirrorHook]:
+    """
+    :func:`build_mirror_hook` with ``MODEL.BIO.MIRROR.*`` (see :func:`bio_detectron.add_bio_config`)
+    and ``MODEL.BIO.SEED``.
+    """
+    m = cfg.MODEL.BIO.MIRROR
+    options = dict(
+        period=m.PERIOD,
+        std=m.NOISE_STD,
+        lr=m.LR,
+        decay=m.DECAY,
+        noise_batch=m.NOISE_BATCH,
+        samples_per_input=m.SAMPLES_PER_INPUT,
+        initial_steps=m.INITIAL_STEPS,
+    )
+    return build_mirror_hook(model, options, seed=cfg.MODEL.BIO.SEED, keys=_CFG_KEYS)
