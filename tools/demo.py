@@ -33,6 +33,16 @@ CONFIG = "retinanet_R_18_FPN_{}.yaml"
 HEADER = "| rule | bbox AP | AP50 | AP75 | training time | total time | iterations | output |"
 
 
+# glibc returns large freed blocks to the system at once and maps them again at the next
+# iteration: ~13 million page faults in a demo run. Keeping freed memory for reuse made an
+# iteration 6 % faster (README "Speed"); set here for the training processes only.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
+
+
 def train(rule, config, output_dir, opts):
     """Run train_net.py for one rule, echoing its progress lines; returns a row of the table."""
     os.makedirs(output_dir, exist_ok=True)
@@ -43,7 +53,8 @@ def train(rule, config, output_dir, opts):
     cmd += ["--config-file", config, "OUTPUT_DIR", output_dir, *opts]
     start, tail, train_time = time.perf_counter(), [], "?"
     pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with subprocess.Popen(cmd, cwd=REPO, **pipe) as proc:
+    env = {**os.environ, **{k: v for k, v in MALLOC_ENV.items() if k not in os.environ}}
+    with subprocess.Popen(cmd, cwd=REPO, env=env, **pipe) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
             if " eta: " in line or "copypaste" in line:
