@@ -312,14 +312,7 @@ class FeedbackConvMixin(FeedbackLayer):
 
     def _feedback_conv(self, input, weight, bias, padding, output_padding):
         input, weight, bias = self._cast_for_autocast(input, weight, bias)
-        args = (
-            list(self.stride),
-            list(padding),
-            list(self.dilation),
-            self.transposed,
-            list(output_padding),
-            self.groups,
-        )
+        args = (self.stride, padding, self.dilation, self.transposed, output_padding, self.groups)
         return _FeedbackConvFunction.apply(
             input, weight, bias, self._state_for_backward(), self.learning_rule, args
         )
@@ -329,6 +322,9 @@ class FeedbackConvMixin(FeedbackLayer):
         # conv-norm-activation forward below.
         if not self._uses_rule(input):
             return self._bio_base._conv_forward(self, input, weight, bias)
+        return self._rule_conv_forward(input, weight, bias)
+
+    def _rule_conv_forward(self, input, weight, bias):
         n = len(self.kernel_size)
         padding = self.padding
         if self.padding_mode != "zeros" or isinstance(padding, str):
@@ -345,7 +341,7 @@ class FeedbackConvMixin(FeedbackLayer):
         # detectron2's Conv2d: the convolution, then its optional norm and activation.
         if not self._uses_rule(x):
             return self._bio_base.forward(self, x)
-        x = self._conv_forward(x, self.weight, self.bias)
+        x = self._rule_conv_forward(x, self.weight, self.bias)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -395,12 +391,15 @@ class FeedbackConv2d(FeedbackConvMixin, nn.Conv2d):
         self.set_rule(rule, seed=seed, name=name, **(rule_options or {}))
 
     def forward(self, x):
-        # Also the forward of converted nn.Conv2d layers, which have no norm or activation.
         x = self._conv_forward(x, self.weight, self.bias)
-        if getattr(self, "norm", None) is not None:
-            x = self.norm(x)
-        if getattr(self, "activation", None) is not None:
-            x = self.activation(x)
+        # Also the forward of converted nn.Conv2d layers, which have no norm or activation:
+        # looked up without nn.Module.__getattr__, whose miss raises (slow, at every forward).
+        norm = self._modules.get("norm")
+        activation = self.__dict__.get("activation", self._modules.get("activation"))
+        if norm is not None:
+            x = norm(x)
+        if activation is not None:
+            x = activation(x)
         return x
 
 
