@@ -5,9 +5,9 @@ learning rule, evaluate COCO bbox AP on its validation split and print one table
 
 Each rule runs ``tools/train_net.py`` in a process of its own, with
 ``configs/Shapes-Detection/retinanet_R_18_FPN_<rule>.yaml`` and ``OUTPUT_DIR <output-dir>/<rule>``
-(detectron2's full log is ``log.txt`` there). One rule takes about 4 minutes on 2 idle CPU cores:
-800 iterations of training, then COCO evaluation of the 200 validation images; the first run
-also generates the dataset (a few seconds).
+(detectron2's full log is ``log.txt`` there). One rule takes about 2.5 minutes on 2 idle CPU
+cores (README "Speed"): 800 iterations of training, then COCO evaluation of the 200 validation
+images; the first run also generates the dataset (a few seconds).
 
 It ends by drawing the first validation images under every trained model, next to the ground
 truth (tools/visualize.py), into one figure, ``<output-dir>/detections.png`` unless ``--figure``.
@@ -80,7 +80,7 @@ def train(rule, config, output_dir, opts):
     ]
 
 
-def draw(configs, output_dirs, figure, opts):
+def draw(configs, labels, output_dirs, figure, opts):
     """The detections of each run's model on the first images of its test set, in one figure."""
     import yaml
 
@@ -91,6 +91,7 @@ def draw(configs, output_dirs, figure, opts):
         cmd += ["--config-file", config]
         cmd += ["--weights", os.path.join(output_dir, "model_final.pth")]
     cmd += ["--dataset", dataset, "--num", "4", "--ground-truth", "--scale", "2"]
+    cmd += ["--labels", *labels]  # the configs' names: sign_symmetry_bm's rule is sign_symmetry
     cmd += ["--output", os.path.join(os.path.dirname(figure), "visualize"), "--grid", figure]
     result = subprocess.run(cmd + list(opts), cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
@@ -128,7 +129,7 @@ def main():
         print("| " + " | ".join(row) + " |")
     if not args.no_figure:
         figure = os.path.abspath(args.figure or os.path.join(args.output_dir, "detections.png"))
-        print(f"\nDetections on the first validation images: {draw(configs, output_dirs, figure, args.opts)}")
+        print(f"\nDetections on the first validation images: {draw(configs, args.rules, output_dirs, figure, args.opts)}")
 
 
 if __name__ == "__main__":
