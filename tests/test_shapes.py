@@ -307,3 +307,32 @@ def test_failed_generation_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         _generate_once(str(tmp_path / "dataset"), fail)
     assert os.listdir(tmp_path) == []
+
+
+def test_writer_refuses_an_extra_field_that_replaces_a_coco_one(tmp_path):
+    # The shapes generator adds "color" through the shared writer's hook; a hook may add fields
+    # but never overwrite one the COCO loaders read.
+    from bio_detectron.data.coco_writer import write_coco_dataset
+    from bio_detectron.data.shapes import render_detection_image
+
+    with pytest.raises(ValueError, match=r"\['bbox'\]"):
+        write_coco_dataset(
+            str(tmp_path),
+            {"val": 1},
+            32,
+            render=render_detection_image,
+            image_rng=lambda split, index: np.random.default_rng(index),
+            class_names=DETECTION_CLASSES,
+            supercategory="shape",
+            name="shapes",
+            version=1,
+            extra_fields=lambda obj: {"bbox": [0, 0, 1, 1]},
+        )
+
+
+def test_unknown_generated_kind_is_named():
+    from bio_detectron.data import register_generated_dataset
+
+    with pytest.raises(ValueError, match="'circles'.*'shapes', 'textures'"):
+        register_generated_dataset("never_registered", "circles", "val")
+    assert "never_registered" not in DatasetCatalog.list()

@@ -12,6 +12,7 @@ from .datasets import (
     CheckedDatasetMapper,
     ensure_dataset_files,
     load_coco_dataset,
+    register_generated_dataset,
     register_shapes_dataset,
     register_textures_dataset,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "ensure_shapes_classification",
     "ensure_shapes_dataset",
     "load_coco_dataset",
+    "register_generated_dataset",
     "register_shapes_dataset",
     "register_textures_dataset",
     "shapes_classification_dir",
@@ -62,10 +64,12 @@ __all__ = [
 def _register_builtin_datasets() -> None:
     # Default sizes: what the demo trains on (1000 train / 200 val images of 160 px).
     # Small copies at 96 px for smoke runs (configs/quick_schedules, tests).
-    for register, kind in ((register_shapes_dataset, "shapes"), (register_textures_dataset, "textures")):
+    for kind in ("shapes", "textures"):
         for split in ("train", "val"):
-            register(f"{kind}_{split}", split)
-            register(f"{kind}_{split}_mini", split, image_size=96, num_train=32, num_val=16)
+            register_generated_dataset(f"{kind}_{split}", kind, split)
+            register_generated_dataset(
+                f"{kind}_{split}_mini", kind, split, image_size=96, num_train=32, num_val=16
+            )
 
 
 _register_builtin_datasets()

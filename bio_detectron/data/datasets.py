@@ -25,6 +25,7 @@ from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset
 __all__ = [
     "load_coco_dataset",
     "CheckedDatasetMapper",
+    "register_generated_dataset",
     "register_shapes_dataset",
     "register_textures_dataset",
     "ensure_dataset_files",
@@ -149,8 +150,17 @@ class CheckedDatasetMapper(DatasetMapper):
             raise ValueError(f"cannot read image {path}: {e}") from e
 
 
-def register_shapes_dataset(
+# Generated dataset kind -> (paths function, ensure function, class names). Both functions take
+# (split, root, image_size, num_train, num_val, seed).
+_GENERATED = {
+    "shapes": (shapes_dataset_paths, ensure_shapes_dataset, DETECTION_CLASSES),
+    "textures": (textures_dataset_paths, ensure_textures_dataset, TEXTURE_CLASSES),
+}
+
+
+def register_generated_dataset(
     name: str,
+    kind: str,
     split: str,
     root: Optional[str] = None,
     image_size: int = 160,
@@ -159,59 +169,30 @@ def register_shapes_dataset(
     seed: int = 0,
 ) -> None:
     """
-    Register a split of the generated shapes detection dataset under ``name``.
+    Register a split of a generated detection dataset under ``name``, with "coco" metadata.
 
     Nothing is generated here: the files are generated when the dataset is first loaded through
     ``DatasetCatalog.get(name)`` or :func:`ensure_dataset_files`. The cache folder is resolved now,
-    so ``$BIO_DETECTRON_DATASETS`` must be set before this is called (for "shapes_train" and
-    "shapes_val", before ``import bio_detectron``).
+    so ``$BIO_DETECTRON_DATASETS`` must be set before this is called (for the built-in names such
+    as "shapes_train", before ``import bio_detectron``).
 
     Args:
         name: the dataset name, e.g. "shapes_train".
+        kind: "shapes" (:mod:`bio_detectron.data.shapes`) or "textures"
+            (:mod:`bio_detectron.data.textures`).
         split: "train" or "val".
         root, image_size, num_train, num_val, seed: see
             :func:`bio_detectron.data.shapes.ensure_shapes_dataset`.
     """
+    if kind not in _GENERATED:
+        raise ValueError(f"Unknown generated dataset kind {kind!r}; allowed: {sorted(_GENERATED)}")
+    paths, ensure_files, classes = _GENERATED[kind]
     # Resolve the root once, so that the metadata and the generated files cannot disagree on it.
-    root = datasets_root(root)
-    json_file, image_root = shapes_dataset_paths(split, root, image_size, num_train, num_val, seed)
+    options = (split, datasets_root(root), image_size, num_train, num_val, seed)
+    json_file, image_root = paths(*options)
 
     def ensure():
-        ensure_shapes_dataset(split, root, image_size, num_train, num_val, seed)
-
-    _register_generated(name, json_file, image_root, ensure, DETECTION_CLASSES)
-
-
-def register_textures_dataset(
-    name: str,
-    split: str,
-    root: Optional[str] = None,
-    image_size: int = 160,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> None:
-    """
-    Register a split of the generated textures detection dataset
-    (:mod:`bio_detectron.data.textures`) under ``name``; as :func:`register_shapes_dataset`.
-
-    Args:
-        name: the dataset name, e.g. "textures_train".
-        split: "train" or "val".
-        root, image_size, num_train, num_val, seed: see
-            :func:`bio_detectron.data.textures.ensure_textures_dataset`.
-    """
-    root = datasets_root(root)
-    json_file, image_root = textures_dataset_paths(split, root, image_size, num_train, num_val, seed)
-
-    def ensure():
-        ensure_textures_dataset(split, root, image_size, num_train, num_val, seed)
-
-    _register_generated(name, json_file, image_root, ensure, TEXTURE_CLASSES)
-
-
-def _register_generated(name, json_file, image_root, ensure, classes) -> None:
-    """A DatasetCatalog entry that generates the files when missing, and "coco" metadata."""
+        ensure_files(*options)
 
     def load():
         ensure()
@@ -228,6 +209,22 @@ def _register_generated(name, json_file, image_root, ensure, classes) -> None:
         thing_classes=list(classes),
         thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(classes))},
     )
+
+
+def register_shapes_dataset(name: str, split: str, **options) -> None:
+    """
+    Register a split of the generated shapes detection dataset under ``name``:
+    ``register_generated_dataset(name, "shapes", split, **options)``.
+    """
+    register_generated_dataset(name, "shapes", split, **options)
+
+
+def register_textures_dataset(name: str, split: str, **options) -> None:
+    """
+    Register a split of the generated textures detection dataset under ``name``:
+    ``register_generated_dataset(name, "textures", split, **options)``.
+    """
+    register_generated_dataset(name, "textures", split, **options)
 
 
 def ensure_dataset_files(dataset_name: str) -> None:

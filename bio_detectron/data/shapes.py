@@ -16,7 +16,7 @@ a temporary folder next to the target and renames it, so several processes may s
 """
 
 import colorsys
-import json
+import functools
 import logging
 import math
 import os
@@ -28,6 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from .coco_writer import save_jpeg, split_paths, write_coco_dataset
 
 __all__ = [
     "DETECTION_CLASSES",
@@ -69,11 +71,6 @@ _STREAMS = {"train": 0, "val": 1, "cls_train": 2, "cls_val": 3}
 # Vertices used to approximate round shapes. The same polygon is drawn and written as the
 # segmentation, so that the mask a model learns from is exactly what is in the image.
 _ROUND_VERTICES = 48
-
-# JPEG quality: high enough that colours and edges survive, low enough to keep files small. The
-# colour is kept at full resolution (4:4:4): with the usual 4:2:0 subsampling, shapes of 10 px lose
-# a visible part of their colour to the background.
-_JPEG_QUALITY = 90
 
 
 def datasets_root(root: Optional[str] = None) -> str:
@@ -248,11 +245,6 @@ def _finish(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _polygon_area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def _box_intersection(a: Sequence[float], b: Sequence[float]) -> float:
     # Boxes as [x0, y0, x1, y1].
     w = min(a[2], b[2]) - max(a[0], b[0])
@@ -356,57 +348,9 @@ def _image_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _STREAMS[stream], index])
 
 
-def _save_jpeg(img: Image.Image, path: str) -> None:
-    img.save(path, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
-
-
-def _write_detection_split(
-    output_dir: str, split: str, num_images: int, image_size: int, seed: int
-) -> None:
-    image_dir = os.path.join(output_dir, split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for index in range(num_images):
-        img, objects = render_detection_image(_image_rng(seed, split, index), image_size)
-        file_name = f"{index:06d}.jpg"
-        _save_jpeg(img, os.path.join(image_dir, file_name))
-        image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
-        for obj in objects:
-            x0, y0, x1, y1 = obj["bbox"]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj["category"] + 1,
-                    "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "area": round(_polygon_area(obj["polygon"]), 2),
-                    "iscrowd": 0,
-                    "segmentation": [obj["polygon"].reshape(-1).tolist()],
-                    # Not part of COCO; kept for tests and visual checks of the generator.
-                    "color": list(obj["color"]),
-                }
-            )
-    categories = [
-        {"id": i + 1, "name": name, "supercategory": "shape"}
-        for i, name in enumerate(DETECTION_CLASSES)
-    ]
-    coco = {
-        "info": {
-            "description": f"bio_detectron generated shapes, {split} split",
-            "version": str(GENERATOR_VERSION),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    ann_dir = os.path.join(output_dir, "annotations")
-    os.makedirs(ann_dir, exist_ok=True)
-    with open(os.path.join(ann_dir, f"instances_{split}.json"), "w") as f:
-        json.dump(coco, f, separators=(",", ":"))
+def _color_field(obj: Dict) -> Dict:
+    # Not part of COCO; kept for tests and visual checks of the generator.
+    return {"color": list(obj["color"])}
 
 
 def generate_shapes_detection(
@@ -424,8 +368,18 @@ def generate_shapes_detection(
         num_val: number of validation images.
         seed: seed of the random streams; train and val draw from different streams of it.
     """
-    _write_detection_split(output_dir, "train", num_train, image_size, seed)
-    _write_detection_split(output_dir, "val", num_val, image_size, seed)
+    write_coco_dataset(
+        output_dir,
+        {"train": num_train, "val": num_val},
+        image_size,
+        render=render_detection_image,
+        image_rng=functools.partial(_image_rng, seed),
+        class_names=DETECTION_CLASSES,
+        supercategory="shape",
+        name="shapes",
+        version=GENERATOR_VERSION,
+        extra_fields=_color_field,
+    )
 
 
 def generate_shapes_classification(
@@ -458,7 +412,7 @@ def generate_shapes_classification(
                 # Interleave the classes in one stream so that adding a class changes no index.
                 rng = _image_rng(seed, "cls_" + split, index * num_classes + label)
                 img = render_classification_image(rng, kind, image_size)
-                _save_jpeg(img, os.path.join(class_dir, f"{kind}_{index:05d}.JPEG"))
+                save_jpeg(img, os.path.join(class_dir, f"{kind}_{index:05d}.JPEG"))
 
 
 def _generate_once(target_dir: str, generate: Callable[[str], None]) -> str:
@@ -524,13 +478,7 @@ def shapes_dataset_paths(
     Returns:
         (json_file, image_root) of the split.
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    folder = _shapes_dir(root, image_size, num_train, num_val, seed)
-    return (
-        os.path.join(folder, "annotations", f"instances_{split}.json"),
-        os.path.join(folder, split),
-    )
+    return split_paths(_shapes_dir(root, image_size, num_train, num_val, seed), split)
 
 
 def ensure_shapes_dataset(

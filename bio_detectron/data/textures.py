@@ -14,7 +14,6 @@ into the same cache (``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``),
 COCO-format JSON (boxes, areas, polygon masks) and JPEG images.
 """
 
-import json
 import math
 import os
 from typing import Dict, List, Optional, Tuple
@@ -22,15 +21,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .shapes import (
-    _check_sizes,
-    _generate_once,
-    _hsv_color,
-    _polygon_area,
-    _polygon_mask,
-    _save_jpeg,
-    datasets_root,
-)
+from .coco_writer import split_paths, write_coco_dataset
+from .shapes import _check_sizes, _generate_once, _hsv_color, _polygon_mask, datasets_root
 
 __all__ = [
     "TEXTURE_CLASSES",
@@ -195,51 +187,6 @@ def _overlap(a, b) -> float:
     return max(w, 0.0) * max(h, 0.0)
 
 
-def _write_split(output_dir: str, split: str, num_images: int, image_size: int, seed: int):
-    image_dir = os.path.join(output_dir, split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, _STREAMS[split], index])
-        img, objects = render_textures_image(rng, image_size)
-        file_name = f"{index:06d}.jpg"
-        _save_jpeg(img, os.path.join(image_dir, file_name))
-        image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
-        for obj in objects:
-            x0, y0, x1, y1 = obj["bbox"]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj["category"] + 1,
-                    "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "area": round(_polygon_area(obj["polygon"]), 2),
-                    "iscrowd": 0,
-                    "segmentation": [obj["polygon"].reshape(-1).tolist()],
-                }
-            )
-    coco = {
-        "info": {
-            "description": f"bio_detectron generated textures, {split} split",
-            "version": str(GENERATOR_VERSION),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "texture"}
-            for i, name in enumerate(TEXTURE_CLASSES)
-        ],
-    }
-    ann_dir = os.path.join(output_dir, "annotations")
-    os.makedirs(ann_dir, exist_ok=True)
-    with open(os.path.join(ann_dir, f"instances_{split}.json"), "w") as f:
-        json.dump(coco, f, separators=(",", ":"))
-
-
 def generate_textures_detection(
     output_dir: str, image_size: int = 160, num_train: int = 1000, num_val: int = 200, seed: int = 0
 ) -> None:
@@ -248,8 +195,17 @@ def generate_textures_detection(
     :func:`ensure_textures_dataset`). Layout: ``{train,val}/<index>.jpg`` and
     ``annotations/instances_{train,val}.json``.
     """
-    _write_split(output_dir, "train", num_train, image_size, seed)
-    _write_split(output_dir, "val", num_val, image_size, seed)
+    write_coco_dataset(
+        output_dir,
+        {"train": num_train, "val": num_val},
+        image_size,
+        render=render_textures_image,
+        image_rng=lambda split, index: np.random.default_rng([seed, _STREAMS[split], index]),
+        class_names=TEXTURE_CLASSES,
+        supercategory="texture",
+        name="textures",
+        version=GENERATOR_VERSION,
+    )
 
 
 def _textures_dir(root, image_size, num_train, num_val, seed) -> str:
@@ -266,13 +222,7 @@ def textures_dataset_paths(
     seed: int = 0,
 ) -> Tuple[str, str]:
     """(json_file, image_root) of a split of the textures dataset, without generating it."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    folder = _textures_dir(root, image_size, num_train, num_val, seed)
-    return (
-        os.path.join(folder, "annotations", f"instances_{split}.json"),
-        os.path.join(folder, split),
-    )
+    return split_paths(_textures_dir(root, image_size, num_train, num_val, seed), split)
 
 
 def ensure_textures_dataset(
