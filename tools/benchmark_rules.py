@@ -2,8 +2,8 @@
 """
 Time a training step (forward, backward, SGD) per learning rule against native backprop.
 
-Rules and native autograd run in interleaved rounds, so that drifts of the machine's speed hit them
-alike; the figure reported per rule is the median over rounds of (rule's step time / native step
+Rules and native autograd run in interleaved rounds, each in a new random order, so that drifts of
+the machine's speed hit them alike; the figure reported per rule is the median over rounds of (rule's step time / native step
 time measured in the same round).
 
     python tools/benchmark_rules.py [--batch 8] [--size 224] [--rounds 7] [--device cpu]
@@ -31,6 +31,7 @@ import contextlib
 import copy
 import json
 import os
+import random
 import statistics
 import time
 
@@ -232,8 +233,14 @@ def main():
         step()
 
     times = {name: [] for name in variants}
+    # Each round runs the variants in a new order: a fixed order would time later variants
+    # systematically later than the native step they are divided by.
+    order = random.Random(0)
     for _ in range(args.rounds):
-        for name, step in variants.items():
+        names = list(variants)
+        order.shuffle(names)
+        for name in names:
+            step = variants[name]
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 step()
