@@ -272,14 +272,7 @@ def build_weight_mirror_hook(cfg, model: nn.Module) -> Optional[WeightMirrorHook
     :func:`build_mirror_hook` with ``MODEL.BIO.MIRROR.*`` (see :func:`bio_detectron.add_bio_config`)
     and ``MODEL.BIO.SEED``.
     """
+    # Each option from the key _CFG_KEYS names for it, e.g. std <- MODEL.BIO.MIRROR.NOISE_STD.
     m = cfg.MODEL.BIO.MIRROR
-    options = dict(
-        period=m.PERIOD,
-        std=m.NOISE_STD,
-        lr=m.LR,
-        decay=m.DECAY,
-        noise_batch=m.NOISE_BATCH,
-        samples_per_input=m.SAMPLES_PER_INPUT,
-        initial_steps=m.INITIAL_STEPS,
-    )
+    options = {option: m[key.rpartition(".")[2]] for option, key in _CFG_KEYS.items()}
     return build_mirror_hook(model, options, seed=cfg.MODEL.BIO.SEED, keys=_CFG_KEYS)
