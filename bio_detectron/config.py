@@ -122,12 +122,6 @@ def add_bio_config(cfg):
     # from the start, as Akrout et al.'s released code mirrors before training (0: none; with
     # PERIOD also 0, B stays random, as in feedback alignment).
     _C.MODEL.BIO.MIRROR.INITIAL_STEPS = 20
-    # After each step, rescale B so that the output energy it would give on the step's noise is
-    # the one the layer's forward gave: |B| then follows |W| at once (measured from the layer's
-    # output, not read from W), and DECAY only sets how long B averages W's direction. Off: the
-    # update above alone, as in Akrout et al.; |B| then trails a shrinking |W| by ~1/DECAY steps,
-    # and behind normalization layers the propagated gradient grows by |B|/|W| per layer.
-    _C.MODEL.BIO.MIRROR.MATCH_NORM = False
 
     # The optimizer of both trainers (bio_detectron.solver.build_bio_optimizer). The seed paper's
     # code (its train.py) applies it to every parameter but the last layer's, which has switches of

@@ -104,40 +104,6 @@ def _contributions_per_offset(kernel_size, spatial, pad, args, device) -> torch.
     return counts[0, 0]
 
 
-def _mirror_pass(layer: nn.Module, x: torch.Tensor):
-    """
-    The layer's forward y = W x on noise x (no bias) and what a mirror step reads from it:
-
-    * corr: the weight-gradient of x and y divided, per kernel offset, by the (sample, position)
-      pairs it sums over (see :func:`mirror_correlation`);
-    * energy: sum(y^2) / N, N the number of noise samples;
-    * counts: per sample, the (input, output) position pairs each kernel offset connects (shape
-      ``kernel_size``; a 0-dim tensor, the rows per sample, for a linear layer). For i.i.d. x of
-      variance sigma^2, E[energy] = sigma^2 * sum_k counts[k] * |W[..., k]|^2.
-    """
-    weight = layer.weight.detach()
-    x = x.to(weight.dtype)
-    if isinstance(layer, nn.Linear):
-        rows = x.reshape(-1, x.shape[-1])
-        y = F.linear(rows, weight)
-        corr = y.t().mm(rows).div_(rows.shape[0])
-        samples = x.shape[0] if x.dim() > 1 else 1
-        counts = torch.tensor(rows.shape[0] / samples)
-        return corr, float(y.float().pow(2).sum()) / samples, counts
-    pad, args = _conv_arguments(layer)
-    spatial = x.shape[2:]
-    if pad is not None:
-        x = F.pad(x, pad)
-    y = torch.ops.aten.convolution(x, weight, None, *args)
-    _, corr, _ = torch.ops.aten.convolution_backward(
-        y, x, weight, None, *args, [False, True, False]
-    )
-    counts = _contributions_per_offset(layer.kernel_size, spatial, pad, args, weight.device)
-    # An offset that connects no position (a dilation wider than the input) gets 0, not 0/0.
-    corr = corr.div_(counts.clamp(min=1).mul(x.shape[0]).to(corr.dtype))
-    return corr, float(y.float().pow(2).sum()) / x.shape[0], counts
-
-
 @torch.no_grad()
 def mirror_correlation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
@@ -152,16 +118,23 @@ def mirror_correlation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         divided by the number of (sample, position) pairs it sums over. For i.i.d. x of variance
         sigma^2, its expectation is sigma^2 * W.
     """
-    return _mirror_pass(layer, x)[0]
-
-
-def _output_energy(tensor: torch.Tensor, counts: torch.Tensor) -> float:
-    """sum_k counts[k] * |tensor[..., k]|^2: the output energy per sample that a weight ``tensor``
-    gives on unit-variance white noise (``counts`` as :func:`_mirror_pass` returns them)."""
-    squares = tensor.float().pow(2)
-    if counts.dim() == 0:
-        return float(squares.sum()) * float(counts)
-    return float(squares.sum(dim=(0, 1)).mul_(counts.to(squares.device)).sum())
+    weight = layer.weight.detach()
+    x = x.to(weight.dtype)
+    if isinstance(layer, nn.Linear):
+        rows = x.reshape(-1, x.shape[-1])
+        y = F.linear(rows, weight)
+        return y.t().mm(rows).div_(rows.shape[0])
+    pad, args = _conv_arguments(layer)
+    spatial = x.shape[2:]
+    if pad is not None:
+        x = F.pad(x, pad)
+    y = torch.ops.aten.convolution(x, weight, None, *args)
+    _, corr, _ = torch.ops.aten.convolution_backward(
+        y, x, weight, None, *args, [False, True, False]
+    )
+    counts = _contributions_per_offset(layer.kernel_size, spatial, pad, args, weight.device)
+    # An offset that connects no position (a dilation wider than the input) gets 0, not 0/0.
+    return corr.div_(counts.clamp(min=1).mul_(x.shape[0]).to(corr.dtype))
 
 
 def _fan_in(layer: nn.Module) -> float:
@@ -223,7 +196,6 @@ def mirror_step(
     seed: int = 0,
     step=0,
     name: Optional[str] = None,
-    match_norm: bool = False,
 ):
     """
     One mirror step of a ``weight_mirror`` layer, in place:
@@ -243,12 +215,6 @@ def mirror_step(
         seed, step: decide the noise, with ``name`` (default: the layer's ``bio_name``); ``step``
             is any id of the step (int or str), e.g. the iteration.
         name: the layer's module name.
-        match_norm: after the update, rescale B so that the output energy it would give on this
-            step's noise equals the energy the layer's forward gave (sum(y^2) = sum(x^2) |W|^2 for
-            white noise, up to zero padding): |B| then follows |W| at once, from the layer's
-            output alone, while ``decay`` only sets how long B averages W's direction. Without
-            it, |B| trails |W| by about 1/decay steps; layers followed by a normalization then
-            pass back gradients scaled by |B|/|W| each, which grows over many layers.
     """
     if not isinstance(getattr(layer, "learning_rule", None), WeightMirror):
         raise TypeError(
@@ -264,13 +230,9 @@ def mirror_step(
     if noise_batch <= 0:
         noise_batch = noise_batch_for(layer, input_shape, samples_per_input)
     x = mirror_noise(layer, noise_shape(input_shape, noise_batch), std, generator)
-    corr, energy, counts = _mirror_pass(layer, x)
+    corr = mirror_correlation(layer, x)
     state = layer.feedback
     state.mul_(1.0 - decay).add_(corr.to(state.dtype), alpha=lr)
-    if match_norm:
-        current = std**2 * _output_energy(state, counts)
-        if current > 0 and energy > 0:
-            state.mul_(math.sqrt(energy / current))
 
 
 class InputShapes:

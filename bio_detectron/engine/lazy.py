@@ -19,7 +19,7 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
   every this many iterations; 0 or absent: off, at no cost.
 * ``train.bio_mirror`` (dict): options of the weight mirror of ``weight_mirror`` layers
   (``MODEL.BIO.MIRROR.*`` of the yacs path: period, std, lr, decay, noise_batch,
-  samples_per_input, initial_steps, match_norm); absent ones take their default.
+  samples_per_input, initial_steps); absent ones take their default.
 """
 
 import logging
@@ -91,7 +91,7 @@ def mirror_hook(cfg, model):
     """
     The weight mirror of the ``weight_mirror`` rule: ``train.bio_mirror`` (a dict of
     :data:`bio_detectron.engine.mirror.DEFAULTS`' options: period, std, lr, decay, noise_batch,
-    samples_per_input, initial_steps, match_norm; absent ones take their default) and the seed of the
+    samples_per_input, initial_steps; absent ones take their default) and the seed of the
     ``bio_plausible`` model (``model.seed``). None when the model has no weight_mirror layer.
     """
     options = dict(cfg.train.get("bio_mirror", None) or {})

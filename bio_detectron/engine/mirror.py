@@ -18,14 +18,7 @@ logger = logging.getLogger(__name__)
 
 # Defaults of the hook's options, also those of MODEL.BIO.MIRROR (config.py documents them).
 DEFAULTS = dict(
-    period=20,
-    std=1.0,
-    lr=0.1,
-    decay=0.1,
-    noise_batch=0,
-    samples_per_input=0.25,
-    initial_steps=20,
-    match_norm=False,
+    period=20, std=1.0, lr=0.1, decay=0.1, noise_batch=0, samples_per_input=0.25, initial_steps=20
 )
 
 
@@ -36,7 +29,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def check_mirror_options(
-    period, std, lr, decay, noise_batch, samples_per_input, initial_steps, match_norm, keys=None
+    period, std, lr, decay, noise_batch, samples_per_input, initial_steps, keys=None
 ) -> dict:
     """
     Validate the weight mirror's options; errors name them by ``keys`` (option -> name, e.g. the
@@ -61,11 +54,6 @@ def check_mirror_options(
             raise ValueError(f"{key(k)}={v!r}: must be a number {what}")
         return float(v)
 
-    def boolean(k, v):
-        if not isinstance(v, bool):
-            raise ValueError(f"{key(k)}={v!r}: must be True or False")
-        return v
-
     def positive(v):
         return v > 0
 
@@ -77,7 +65,6 @@ def check_mirror_options(
         noise_batch=integer("noise_batch", noise_batch),
         samples_per_input=real("samples_per_input", samples_per_input, positive, "> 0"),
         initial_steps=integer("initial_steps", initial_steps),
-        match_norm=boolean("match_norm", match_norm),
     )
 
 
@@ -114,7 +101,6 @@ class WeightMirrorHook(HookBase):
         noise_batch: int = DEFAULTS["noise_batch"],
         samples_per_input: float = DEFAULTS["samples_per_input"],
         initial_steps: int = DEFAULTS["initial_steps"],
-        match_norm: bool = DEFAULTS["match_norm"],
         seed: int = 0,
     ):
         """
@@ -132,17 +118,14 @@ class WeightMirrorHook(HookBase):
                 step, in units of the layer's fan-in; one step's estimate of W is off by about
                 ``1 / sqrt(samples_per_input)`` x |W|.
             initial_steps (int): mirror steps after iteration 0.
-            match_norm (bool): rescale B after each step so that its norm follows W's, as
-                measured from the layer's output energy on the noise (see
-                :func:`bio_detectron.mirror.mirror_step`).
             seed (int): seed of the noise, with each layer's name and the iteration.
         """
         opts = check_mirror_options(
-            period, std, lr, decay, noise_batch, samples_per_input, initial_steps, match_norm
+            period, std, lr, decay, noise_batch, samples_per_input, initial_steps
         )
         self.period, self.noise_batch = opts["period"], opts["noise_batch"]
         self.samples_per_input = opts["samples_per_input"]
-        self.initial_steps, self.match_norm = opts["initial_steps"], opts["match_norm"]
+        self.initial_steps = opts["initial_steps"]
         self.std, self.lr, self.decay = opts["std"], opts["lr"], opts["decay"]
         self.seed = int(seed)
         self._model = _unwrap(model) if model is not None else None
@@ -202,7 +185,6 @@ class WeightMirrorHook(HookBase):
                     seed=self.seed,
                     step=step,
                     name=name,
-                    match_norm=self.match_norm,
                 )
         if comm.get_world_size() > 1:
             self._broadcast()
@@ -241,7 +223,6 @@ _CFG_KEYS = {
     "noise_batch": "MODEL.BIO.MIRROR.NOISE_BATCH",
     "samples_per_input": "MODEL.BIO.MIRROR.SAMPLES_PER_INPUT",
     "initial_steps": "MODEL.BIO.MIRROR.INITIAL_STEPS",
-    "match_norm": "MODEL.BIO.MIRROR.MATCH_NORM",
 }
 
 
