@@ -22,7 +22,7 @@ demo: install
 	$(PY) tools/demo.py --rules $(RULES)
 
 benchmark: install
-	$(PY) tools/benchmark_rules.py --batch 16 --size 128 --rounds 11 --steps 2
+	$(PY) tools/benchmark_rules.py --batch 16 --size 128 --rounds 41 --steps 1
 	OMP_NUM_THREADS=1 $(PY) tools/benchmark_imagenet.py --rounds 15 --iters 5 \
 		INPUT.CLASSIFICATION.SIZE 64 SOLVER.IMS_PER_BATCH 16 DATALOADER.NUM_WORKERS 1
 

@@ -4,7 +4,9 @@ Time a training step (forward, backward, SGD) per learning rule against native b
 
 Rules and native autograd run in interleaved rounds, each in a new random order, so that drifts of
 the machine's speed hit them alike; the figure reported per rule is the median over rounds of (rule's step time / native step
-time measured in the same round).
+time measured in the same round), with a distribution-free 95 % interval for that median (order
+statistics of the per-round ratios): a goal such as "<= 1.02x" is shown when the interval's upper
+end is under it.
 
     python tools/benchmark_rules.py [--batch 8] [--size 224] [--rounds 7] [--device cpu]
     python tools/benchmark_rules.py --arch resnet50 --batch 64 --amp --channels-last
@@ -30,6 +32,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import statistics
@@ -161,6 +164,23 @@ def make_eval_step(model, batch, device):
     return step
 
 
+def median_interval(values, confidence=0.95):
+    """
+    A distribution-free interval for the median of ``values`` (i.i.d. draws): the order statistics
+    k and n - 1 - k, with k the largest index such that the binomial(n, 1/2) tails outside them
+    hold at most 1 - ``confidence``. Fewer than 6 values give the full range.
+    """
+    xs, n = sorted(values), len(values)
+    k, tail = 0, 0.0
+    while k < n // 2:
+        # P(at most k of n draws fall below the median), doubled for both tails
+        tail = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        if tail > 1 - confidence:
+            break
+        k += 1
+    return xs[max(k - 1, 0)], xs[n - 1 - max(k - 1, 0)]
+
+
 def rule_options(rule, scale):
     """``scale`` for the rules that take one (every rule but backprop)."""
     return {"scale": scale} if scale and "scale" in bd.build_rule(rule).options() else {}
@@ -260,9 +280,12 @@ def main():
         f"{args.rounds} interleaved rounds on {device} ({gpu}{torch.get_num_threads()} threads), "
         f"torch {torch.__version__}"
     )
-    print(f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} |")
+    print(
+        f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} | "
+        f"{'95% interval':>15} |"
+    )
     # (eval rows: the ratio to "native (eval, no_grad)")
-    print(f"|{'-' * 34}|{'-' * 17}|{'-' * 17}|")
+    print(f"|{'-' * 34}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
     for name in mirrors:  # training step + its share of a mirror step, per round
         rule = name[: -len(" mirror step")]
         combined = f"{rule} (+ mirror / {args.mirror_period})"
@@ -270,9 +293,17 @@ def main():
         reference[combined] = "native"
     results = {}
     for name, ts in times.items():
-        ratio = statistics.median(t / n for t, n in zip(ts, times[reference[name]]))
-        results[name] = {"median_step_s": statistics.median(ts), "ratio_to_native": ratio}
-        print(f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x |")
+        ratios = [t / n for t, n in zip(ts, times[reference[name]])]
+        ratio, (low, high) = statistics.median(ratios), median_interval(ratios)
+        results[name] = {
+            "median_step_s": statistics.median(ts),
+            "ratio_to_native": ratio,
+            "ratio_95_interval": [low, high],
+        }
+        print(
+            f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x | "
+            f"{f'{low:.3f}-{high:.3f}':>15} |"
+        )
     if args.json:
         record = {
             "benchmark": "rules",
