@@ -457,8 +457,9 @@ def _check_sizes(image_size: int, counts: Dict[str, int]) -> None:
             raise ValueError(f"{key} must be >= 0, got {value}")
 
 
-def _shapes_dir(root, image_size, num_train, num_val, seed) -> str:
-    name = f"shapes_v{GENERATOR_VERSION}_{image_size}px_train{num_train}_val{num_val}_seed{seed}"
+def _dataset_dir(kind, version, root, image_size, num_train, num_val, seed) -> str:
+    """The folder of a generated dataset: one per generator version, size, split sizes and seed."""
+    name = f"{kind}_v{version}_{image_size}px_train{num_train}_val{num_val}_seed{seed}"
     return os.path.join(datasets_root(root), name)
 
 
@@ -478,7 +479,8 @@ def shapes_dataset_paths(
     Returns:
         (json_file, image_root) of the split.
     """
-    return split_paths(_shapes_dir(root, image_size, num_train, num_val, seed), split)
+    folder = _dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
+    return split_paths(folder, split)
 
 
 def ensure_shapes_dataset(
@@ -509,7 +511,7 @@ def ensure_shapes_dataset(
     paths = shapes_dataset_paths(split, root, image_size, num_train, num_val, seed)
     _check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
     _generate_once(
-        _shapes_dir(root, image_size, num_train, num_val, seed),
+        _dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
         lambda out: generate_shapes_detection(out, image_size, num_train, num_val, seed),
     )
     return paths

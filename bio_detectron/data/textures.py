@@ -15,14 +15,13 @@ COCO-format JSON (boxes, areas, polygon masks) and JPEG images.
 """
 
 import math
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
 from .coco_writer import split_paths, write_coco_dataset
-from .shapes import _check_sizes, _generate_once, _hsv_color, _polygon_mask, datasets_root
+from .shapes import _check_sizes, _dataset_dir, _generate_once, _hsv_color, _polygon_mask
 
 __all__ = [
     "TEXTURE_CLASSES",
@@ -208,11 +207,6 @@ def generate_textures_detection(
     )
 
 
-def _textures_dir(root, image_size, num_train, num_val, seed) -> str:
-    name = f"textures_v{GENERATOR_VERSION}_{image_size}px_train{num_train}_val{num_val}_seed{seed}"
-    return os.path.join(datasets_root(root), name)
-
-
 def textures_dataset_paths(
     split: str,
     root: Optional[str] = None,
@@ -222,7 +216,8 @@ def textures_dataset_paths(
     seed: int = 0,
 ) -> Tuple[str, str]:
     """(json_file, image_root) of a split of the textures dataset, without generating it."""
-    return split_paths(_textures_dir(root, image_size, num_train, num_val, seed), split)
+    folder = _dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
+    return split_paths(folder, split)
 
 
 def ensure_textures_dataset(
@@ -252,7 +247,7 @@ def ensure_textures_dataset(
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     _check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
     _generate_once(
-        _textures_dir(root, image_size, num_train, num_val, seed),
+        _dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
         lambda out: generate_textures_detection(out, image_size, num_train, num_val, seed),
     )
     return paths
