@@ -41,14 +41,7 @@ BASE = os.path.join(REPO, "configs", "ImageNet", "Base-Classification.yaml")
 SHAPES = dict(image_size=32, num_train_per_class=4, num_val_per_class=2)  # 40 train, 20 val
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tiny models run several times faster on one thread than on two on a shared machine,
-    # where a second OpenMP thread mostly waits for a busy core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

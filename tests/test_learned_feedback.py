@@ -24,12 +24,7 @@ from bio_detectron.mirror import mirror_correlation, mirror_layers, mirror_step,
 from bio_detectron.rules import layer_seed
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):
