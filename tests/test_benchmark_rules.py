@@ -1,5 +1,6 @@
 """tools/benchmark_rules.py: the interval it prints for each median ratio, and a short run."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -32,6 +33,31 @@ def test_median_interval_order_statistics_and_coverage():
     assert 0.95 <= coverage <= 0.99
 
 
+def test_bare_function_rows_model_has_native_gradients():
+    # The "bare autograd.Function" row is only a floor if it does native autograd's arithmetic.
+    import torch
+    import torchvision
+    from detectron2.layers import Conv2d
+
+    module = _module()
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(
+        torchvision.models.resnet18(num_classes=10),
+        torch.nn.Unflatten(1, (10, 1, 1)),
+        Conv2d(10, 4, 1, bias=False, norm=torch.nn.BatchNorm2d(4), activation=torch.nn.ReLU()),
+    )
+    bare = module.bare_function_model(copy.deepcopy(base))
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for model in (base, bare):
+        model(x).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) == len(list(base.parameters()))
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+    assert sum(m.forward.__name__ == "conv_forward" for m in bare.modules()) == 21
+
+
 def test_benchmark_runs_and_reports_each_ratio_with_its_interval(tmp_path):
     out = tmp_path / "bench.jsonl"
     cmd = [
@@ -43,6 +69,7 @@ def test_benchmark_runs_and_reports_each_ratio_with_its_interval(tmp_path):
     record = json.loads(out.read_text().splitlines()[-1])
     names = set(record["variants"])
     assert {"native", "sign_symmetry", "weight_mirror (+ mirror / 20)"} <= names
+    assert {"native, second copy", "bare autograd.Function"} <= names
     assert "sign_symmetry (eval, no_grad)" in names
     for name, v in record["variants"].items():
         low, high = v["ratio_95_interval"]

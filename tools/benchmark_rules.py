@@ -18,6 +18,14 @@ iterations. Its row counts them at that period: each round also times one mirror
 layers (noise of each layer's input shape in the training step), and the step time is taken as
 (training step + mirror step / period). The mirror step is also shown on a row of its own.
 
+Reference rows, so that a ratio can be read against what this machine can resolve (--no-reference
+to leave them out): "native, second copy" is another copy of the unconverted model, timed like
+a rule: its ratio is the method's own noise and bias, 1.00x in expectation. "bare
+autograd.Function" is the unconverted model with every nn.Conv2d and nn.Linear run through a
+minimal torch.autograd.Function that saves (input, W) and calls the same ATen convolution / matmul
+backward as native autograd, with no rule code (same gradients, tested): the cost of a backward
+defined in Python, which every rule's layers carry.
+
 Evaluation rows: the same model in eval mode under ``torch.no_grad()``, converted with each rule
 (--eval-rules, default sign_symmetry) against the unconverted model; converted layers then run the
 stock forward, so the goal is 1.00x within noise.
@@ -108,6 +116,67 @@ def retinanet(batch_size, size, device, boxes_per_image=10):
             return sum(model(batch).values())
 
     return model, batch, loss_fn
+
+
+class _BareConv(torch.autograd.Function):
+    """A convolution whose backward is written in Python and is native autograd's: no rule."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, args):
+        ctx.save_for_backward(input, weight)
+        ctx.args, ctx.has_bias = args, bias is not None
+        return torch.convolution(input, weight, bias, *args)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        grads = torch.ops.aten.convolution_backward(
+            grad_output, input, weight, bias_sizes, *ctx.args, mask
+        )
+        return (*grads, None)
+
+
+class _BareLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.linear(input, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_input = grad_output.matmul(weight) if ctx.needs_input_grad[0] else None
+        grad_weight = grad_2d.t().mm(input.reshape(-1, input.shape[-1]))
+        grad_bias = grad_2d.sum(0) if ctx.has_bias else None
+        return grad_input, grad_weight, grad_bias
+
+
+def bare_function_model(model):
+    """
+    ``model`` (in place) with every zero-padded nn.Conv2d (detectron2's Conv2d included: its norm
+    and activation follow) and nn.Linear run through _BareConv / _BareLinear in training.
+    """
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise ValueError(f"bare autograd.Function row: unsupported padding in {m}")
+
+            def conv_forward(x, m=m):
+                args = (m.stride, m.padding, m.dilation, False, (0, 0), m.groups)
+                x = _BareConv.apply(x, m.weight, m.bias, args)
+                for name in ("norm", "activation"):  # detectron2's Conv2d
+                    f = getattr(m, name, None)
+                    x = f(x) if f is not None else x
+                return x
+
+            m.forward = conv_forward
+        elif isinstance(m, torch.nn.Linear):
+            m.forward = lambda x, m=m: _BareLinear.apply(x, m.weight, m.bias)
+    return model
 
 
 def make_step(model, batch, loss_fn, device, amp_dtype=None):
@@ -210,6 +279,10 @@ def main():
         "--eval-rules", nargs="*", default=["sign_symmetry"],
         help="rules also timed in eval mode under no_grad, against the unconverted model",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-reference", action="store_true",
+        help="leave out the rows 'native, second copy' and 'bare autograd.Function'",
+    )  # fmt: skip
     parser.add_argument("--json", help="append the results to this file as one JSON line")
     args = parser.parse_args()
     unknown = sorted(set(args.rules + args.eval_rules) - set(bd.available_rules()))
@@ -232,6 +305,13 @@ def main():
     # name -> (step, the variant it is compared with)
     variants = {"native": make_step(copy.deepcopy(base), batch, loss_fn, device, amp_dtype)}
     reference = {"native": "native"}
+    if not args.no_reference:
+        for name, model in (
+            ("native, second copy", copy.deepcopy(base)),
+            ("bare autograd.Function", bare_function_model(copy.deepcopy(base))),
+        ):
+            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype)
+            reference[name] = "native"
     mirrors = {}
     for rule in args.rules:
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
@@ -275,10 +355,12 @@ def main():
     )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     gpu = f"{device_name}, " if device.type == "cuda" else ""
+    malloc = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
     print(
         f"{ARCHS[args.arch]} training step, batch {args.batch} x {args.size}px{settings}, "
         f"{args.rounds} interleaved rounds on {device} ({gpu}{torch.get_num_threads()} threads), "
         f"torch {torch.__version__}"
+        + (f", {' '.join(f'{k}={v}' for k, v in malloc.items())}" if malloc else "")
     )
     print(
         f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} | "
@@ -318,6 +400,7 @@ def main():
             "steps": args.steps,
             "device": device_name,
             "torch": torch.__version__,
+            "malloc_env": malloc,
             "variants": results,
         }
         with open(args.json, "a") as f:
