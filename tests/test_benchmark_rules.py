@@ -33,8 +33,10 @@ def test_median_interval_order_statistics_and_coverage():
     assert 0.95 <= coverage <= 0.99
 
 
-def test_bare_function_rows_model_has_native_gradients():
-    # The "bare autograd.Function" row is only a floor if it does native autograd's arithmetic.
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bfloat16_autocast"])
+def test_bare_function_rows_model_has_native_gradients(amp):
+    # The "bare autograd.Function" row is only a floor if it does native autograd's arithmetic,
+    # under autocast too (tools/check_gpu.sh runs the benchmark with --amp).
     import torch
     import torchvision
     from detectron2.layers import Conv2d
@@ -50,7 +52,9 @@ def test_bare_function_rows_model_has_native_gradients():
     x = torch.randn(2, 3, 32, 32)
     grads = []
     for model in (base, bare):
-        model(x).square().sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model(x).float().square().sum()
+        loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert set(grads[0]) == set(grads[1]) and len(grads[0]) == len(list(base.parameters()))
     for name, g in grads[0].items():

@@ -130,7 +130,7 @@ class _BareConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        mask = list(ctx.needs_input_grad[:3])
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         grads = torch.ops.aten.convolution_backward(
             grad_output, input, weight, bias_sizes, *ctx.args, mask
@@ -155,27 +155,45 @@ class _BareLinear(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias
 
 
+def _autocast_cast(input, *tensors):
+    """``tensors`` as autocast would pass them to a conv or linear op: in its dtype when it is on
+    for ``input``'s device (a custom Function's saved tensors must match its gradients' dtype)."""
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None else None for t in tensors)
+
+
 def bare_function_model(model):
     """
     ``model`` (in place) with every zero-padded nn.Conv2d (detectron2's Conv2d included: its norm
-    and activation follow) and nn.Linear run through _BareConv / _BareLinear in training.
+    and activation follow) and nn.Linear run through _BareConv / _BareLinear in training, under
+    autocast too.
     """
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise ValueError(f"bare autograd.Function row: unsupported padding in {m}")
+            args = (m.stride, m.padding, m.dilation, False, (0, 0), m.groups)
+            # detectron2's Conv2d: its norm and activation, looked up once, not at every forward
+            after = [getattr(m, name, None) for name in ("norm", "activation")]
+            after = [f for f in after if f is not None]
 
-            def conv_forward(x, m=m):
-                args = (m.stride, m.padding, m.dilation, False, (0, 0), m.groups)
-                x = _BareConv.apply(x, m.weight, m.bias, args)
-                for name in ("norm", "activation"):  # detectron2's Conv2d
-                    f = getattr(m, name, None)
-                    x = f(x) if f is not None else x
+            def conv_forward(x, m=m, args=args, after=after):
+                x, weight, bias = _autocast_cast(x, x, m.weight, m.bias)
+                x = _BareConv.apply(x, weight, bias, args)
+                for f in after:
+                    x = f(x)
                 return x
 
             m.forward = conv_forward
         elif isinstance(m, torch.nn.Linear):
-            m.forward = lambda x, m=m: _BareLinear.apply(x, m.weight, m.bias)
+
+            def linear_forward(x, m=m):
+                return _BareLinear.apply(*_autocast_cast(x, x, m.weight, m.bias))
+
+            m.forward = linear_forward
     return model
 
 
