@@ -29,7 +29,7 @@ from bio_detectron.data import (
     register_shapes_dataset,
     shapes_dataset_paths,
 )
-from bio_detectron.data.shapes import _generate_once
+from bio_detectron.data.cache import generate_once
 
 # Small but not trivial: enough images that an isolated circle and overlaps occur.
 TINY = dict(image_size=96, num_train=12, num_val=8, seed=3)
@@ -294,7 +294,7 @@ def test_generation_race_uses_the_winner(tmp_path):
         with open(os.path.join(target, "theirs"), "w"):
             pass
 
-    assert _generate_once(target, generate_while_another_process_wins) == target
+    assert generate_once(target, generate_while_another_process_wins) == target
     assert os.listdir(target) == ["theirs"]
     # The losing temporary folder is cleaned up.
     assert os.listdir(tmp_path) == ["dataset"]
@@ -305,7 +305,7 @@ def test_failed_generation_leaves_nothing(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        _generate_once(str(tmp_path / "dataset"), fail)
+        generate_once(str(tmp_path / "dataset"), fail)
     assert os.listdir(tmp_path) == []
 
 

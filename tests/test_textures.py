@@ -17,7 +17,7 @@ from bio_detectron.data import (
     register_textures_dataset,
     textures_dataset_paths,
 )
-from bio_detectron.data.shapes import _polygon_mask
+from bio_detectron.data.drawing import polygon_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=96, num_train=12, num_val=4, seed=3)
@@ -70,7 +70,7 @@ def test_annotations_fit_the_objects_and_objects_are_textured(tiny_root):
             )
             assert 0 <= x and 0 <= y and x + w <= img["width"] and y + h <= img["height"]
             assert 0 < ann["area"] <= w * h
-            union |= _polygon_mask(poly, img["height"], img["width"])
+            union |= polygon_mask(poly, img["height"], img["width"])
         inside.append(edges[union[:, 1:]].mean())
         outside.append(edges[~union[:, 1:]].mean())
     # Textures are high-frequency, the cloudy background is not.

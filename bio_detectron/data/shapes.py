@@ -15,26 +15,21 @@ version, so that a changed generator never reuses stale files. Generation is ato
 a temporary folder next to the target and renames it, so several processes may start at once.
 """
 
-import colorsys
 import functools
-import logging
 import math
 import os
-import shutil
-import tempfile
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
+from .cache import check_sizes, dataset_dir, datasets_root, generate_once
 from .coco_writer import save_jpeg, split_paths, write_coco_dataset
+from .drawing import hsv_color, polygon_mask
 
 __all__ = [
     "DETECTION_CLASSES",
     "CLASSIFICATION_CLASSES",
-    "datasets_root",
     "shapes_dataset_paths",
     "ensure_shapes_dataset",
     "shapes_classification_dir",
@@ -44,8 +39,6 @@ __all__ = [
     "render_detection_image",
     "render_classification_image",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Bump whenever the generator's output changes: it is part of every cache folder's name.
 GENERATOR_VERSION = 1
@@ -71,24 +64,6 @@ _STREAMS = {"train": 0, "val": 1, "cls_train": 2, "cls_val": 3}
 # Vertices used to approximate round shapes. The same polygon is drawn and written as the
 # segmentation, so that the mask a model learns from is exactly what is in the image.
 _ROUND_VERTICES = 48
-
-
-def datasets_root(root: Optional[str] = None) -> str:
-    """
-    The folder that holds the generated datasets.
-
-    Args:
-        root: explicit folder; when None, ``$BIO_DETECTRON_DATASETS`` if set, else
-            ``~/.cache/bio_detectron``.
-
-    Returns:
-        str: the absolute folder path (not created here).
-    """
-    if root is None:
-        root = os.environ.get("BIO_DETECTRON_DATASETS") or os.path.join(
-            "~", ".cache", "bio_detectron"
-        )
-    return os.path.abspath(os.path.expanduser(root))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,21 +156,16 @@ def _place_shape(
 # ------------------------------------------------------------------------------------------------
 
 
-def _hsv_color(rng: np.random.Generator, sat: Tuple[float, float], val: Tuple[float, float]):
-    r, g, b = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val))
-    return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
-
-
 def _object_color(rng: np.random.Generator) -> Tuple[int, int, int]:
     # Saturated and bright, while the background is greyish: the shapes stand out without being
     # separable by brightness alone.
-    return _hsv_color(rng, (0.55, 1.0), (0.55, 1.0))
+    return hsv_color(rng, (0.55, 1.0), (0.55, 1.0))
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
     """A smooth two-colour gradient plus low-frequency noise, with thin lines and small blobs."""
-    c0 = np.array(_hsv_color(rng, (0.0, 0.3), (0.15, 0.85)), dtype=np.float32)
-    c1 = np.array(_hsv_color(rng, (0.0, 0.3), (0.15, 0.85)), dtype=np.float32)
+    c0 = np.array(hsv_color(rng, (0.0, 0.3), (0.15, 0.85)), dtype=np.float32)
+    c1 = np.array(hsv_color(rng, (0.0, 0.3), (0.15, 0.85)), dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
     t = coords[None, :] * math.cos(angle) + coords[:, None] * math.sin(angle)
@@ -213,11 +183,11 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for _ in range(rng.integers(2, 7)):
         x0, y0, x1, y1 = rng.uniform(0, size, size=4)
-        draw.line([(x0, y0), (x1, y1)], fill=_hsv_color(rng, (0.0, 1.0), (0.2, 1.0)), width=1)
+        draw.line([(x0, y0), (x1, y1)], fill=hsv_color(rng, (0.0, 1.0), (0.2, 1.0)), width=1)
     for _ in range(rng.integers(2, 9)):
         r = max(1.0, rng.uniform(0.006, 0.02) * size)
         x, y = rng.uniform(0, size, size=2)
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=_hsv_color(rng, (0.0, 1.0), (0.2, 1.0)))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=hsv_color(rng, (0.0, 1.0), (0.2, 1.0)))
     return img
 
 
@@ -227,15 +197,10 @@ def _draw_shape(img: Image.Image, outer: np.ndarray, holes: List[np.ndarray], co
     # that were painted. PIL's own polygon fill rounds vertices and includes the right edge; it
     # disagreed with the decoded masks on 4% of all object pixels and on up to half of a small one.
     width, height = img.size
-    mask = _polygon_mask(outer, height, width)
+    mask = polygon_mask(outer, height, width)
     for hole in holes:
-        mask &= ~_polygon_mask(hole, height, width)
+        mask &= ~polygon_mask(hole, height, width)
     img.paste(color, (0, 0, width, height), Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
-
-
-def _polygon_mask(poly: np.ndarray, height: int, width: int) -> np.ndarray:
-    rle = mask_utils.frPyObjects([poly.reshape(-1).tolist()], height, width)
-    return mask_utils.decode(mask_utils.merge(rle)).astype(bool)
 
 
 def _finish(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -415,54 +380,6 @@ def generate_shapes_classification(
                 save_jpeg(img, os.path.join(class_dir, f"{kind}_{index:05d}.JPEG"))
 
 
-def _generate_once(target_dir: str, generate: Callable[[str], None]) -> str:
-    """
-    Run ``generate(tmp_dir)`` unless ``target_dir`` exists, then move the result into place.
-
-    The rename is atomic, so a folder that exists is complete. When several processes generate
-    at once, the first rename wins and the others discard their copy and use the winner's.
-
-    Returns:
-        str: ``target_dir``.
-    """
-    if os.path.isdir(target_dir):
-        return target_dir
-    parent = os.path.dirname(target_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=os.path.basename(target_dir) + ".tmp-", dir=parent)
-    try:
-        start = time.perf_counter()
-        generate(tmp_dir)
-        # mkdtemp makes the folder private (0700); a shared cache should be readable by all.
-        os.chmod(tmp_dir, 0o755)
-        try:
-            os.rename(tmp_dir, target_dir)
-        except OSError:
-            if not os.path.isdir(target_dir):
-                raise
-            logger.info(f"{target_dir} was generated by another process; using it.")
-        else:
-            logger.info(f"Generated {target_dir} in {time.perf_counter() - start:.1f}s.")
-    finally:
-        # After a successful rename tmp_dir no longer exists; otherwise it is garbage.
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return target_dir
-
-
-def _check_sizes(image_size: int, counts: Dict[str, int]) -> None:
-    if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
-    for key, value in counts.items():
-        if value < 0:
-            raise ValueError(f"{key} must be >= 0, got {value}")
-
-
-def _dataset_dir(kind, version, root, image_size, num_train, num_val, seed) -> str:
-    """The folder of a generated dataset: one per generator version, size, split sizes and seed."""
-    name = f"{kind}_v{version}_{image_size}px_train{num_train}_val{num_val}_seed{seed}"
-    return os.path.join(datasets_root(root), name)
-
-
 def shapes_dataset_paths(
     split: str,
     root: Optional[str] = None,
@@ -479,7 +396,7 @@ def shapes_dataset_paths(
     Returns:
         (json_file, image_root) of the split.
     """
-    folder = _dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
+    folder = dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
     return split_paths(folder, split)
 
 
@@ -499,7 +416,7 @@ def ensure_shapes_dataset(
 
     Args:
         split: "train" or "val".
-        root: cache folder; see :func:`datasets_root`.
+        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
         image_size: side of the square images, in pixels.
         num_train: number of training images.
         num_val: number of validation images.
@@ -509,9 +426,9 @@ def ensure_shapes_dataset(
         (json_file, image_root) of the split, ready for ``load_coco_json``.
     """
     paths = shapes_dataset_paths(split, root, image_size, num_train, num_val, seed)
-    _check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
-    _generate_once(
-        _dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
+    check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
+    generate_once(
+        dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
         lambda out: generate_shapes_detection(out, image_size, num_train, num_val, seed),
     )
     return paths
@@ -553,7 +470,7 @@ def ensure_shapes_classification(
     ``{train,val}/<class_name>/*.JPEG`` for the 10 names in :data:`CLASSIFICATION_CLASSES`.
 
     Args:
-        root: cache folder; see :func:`datasets_root`.
+        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
         image_size: side of the square images, in pixels.
         num_train_per_class: training images per class.
         num_val_per_class: validation images per class.
@@ -562,14 +479,14 @@ def ensure_shapes_classification(
     Returns:
         str: the dataset folder; ``<it>/train`` and ``<it>/val`` are ``ImageFolder`` roots.
     """
-    _check_sizes(
+    check_sizes(
         image_size,
         {"num_train_per_class": num_train_per_class, "num_val_per_class": num_val_per_class},
     )
     target = shapes_classification_dir(
         root, image_size, num_train_per_class, num_val_per_class, seed
     )
-    return _generate_once(
+    return generate_once(
         target,
         lambda out: generate_shapes_classification(
             out, image_size, num_train_per_class, num_val_per_class, seed

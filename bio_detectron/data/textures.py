@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .coco_writer import split_paths, write_coco_dataset
-from .shapes import _check_sizes, _dataset_dir, _generate_once, _hsv_color, _polygon_mask
+from .cache import check_sizes, dataset_dir, generate_once
+from .drawing import hsv_color, polygon_mask
 
 __all__ = [
     "TEXTURE_CLASSES",
@@ -114,7 +115,7 @@ def _outline(rng: np.random.Generator, center, radius: float) -> np.ndarray:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Cloudy noise: random fields at three coarse scales, upsampled and summed; (H, W, 3) floats."""
     image = np.zeros((size, size, 3), dtype=np.float32)
-    base = np.array(_hsv_color(rng, (0.0, 0.4), (0.25, 0.75)), dtype=np.float32)
+    base = np.array(hsv_color(rng, (0.0, 0.4), (0.25, 0.75)), dtype=np.float32)
     for cells, amplitude in ((3, 40.0), (6, 25.0), (12, 12.0)):
         coarse = rng.normal(0.0, amplitude, size=(cells, cells, 3)).astype(np.float32)
         for ch in range(3):
@@ -166,12 +167,12 @@ def render_textures_image(
             continue
         period = max(5.0, 2 * radius * rng.uniform(0.1, 0.25))
         pattern = _texture(TEXTURE_CLASSES[category], rng, size, center, period)[..., None]
-        c0 = np.array(_hsv_color(rng, (0.3, 1.0), (0.2, 1.0)), dtype=np.float32)
-        c1 = np.array(_hsv_color(rng, (0.3, 1.0), (0.2, 1.0)), dtype=np.float32)
+        c0 = np.array(hsv_color(rng, (0.3, 1.0), (0.2, 1.0)), dtype=np.float32)
+        c1 = np.array(hsv_color(rng, (0.3, 1.0), (0.2, 1.0)), dtype=np.float32)
         if np.abs(c0 - c1).sum() < 150:  # keep the pattern visible: push the colours apart
             c1 = 255.0 - c0
         fill = c0 * pattern + c1 * (1.0 - pattern)
-        mask = _polygon_mask(outline, size, size)[..., None]
+        mask = polygon_mask(outline, size, size)[..., None]
         image = np.where(mask, fill, image)
         objects.append({"category": category, "polygon": outline, "bbox": box, "box_area": area})
     for o in objects:
@@ -216,7 +217,7 @@ def textures_dataset_paths(
     seed: int = 0,
 ) -> Tuple[str, str]:
     """(json_file, image_root) of a split of the textures dataset, without generating it."""
-    folder = _dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
+    folder = dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
     return split_paths(folder, split)
 
 
@@ -234,7 +235,7 @@ def ensure_textures_dataset(
 
     Args:
         split: "train" or "val".
-        root: cache folder; see :func:`bio_detectron.data.shapes.datasets_root`.
+        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
         image_size: side of the square images, in pixels (>= 32).
         num_train, num_val: number of images per split.
         seed: seed of the random streams.
@@ -245,9 +246,9 @@ def ensure_textures_dataset(
     paths = textures_dataset_paths(split, root, image_size, num_train, num_val, seed)
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
-    _check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
-    _generate_once(
-        _dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
+    check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
+    generate_once(
+        dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
         lambda out: generate_textures_detection(out, image_size, num_train, num_val, seed),
     )
     return paths
