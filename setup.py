@@ -58,6 +58,9 @@ setup(
         "matplotlib",
         "tabulate",
         "tensorboard",
+        # The photographs of the embedded photos dataset (bio_detectron/data/photos.py).
+        "scikit-image",
+        "scikit-learn",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "timm"]},  # timm: detectron2 ViTDet
     classifiers=[

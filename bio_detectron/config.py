@@ -168,8 +168,12 @@ def add_classification_config(cfg):
 
     # Root of an ImageNet-style folder: <root>/train/<class>/*.JPEG and <root>/val/<class>/*.
     # "": the environment variable IMAGENET_ROOT; if that is unset too, the embedded generated
-    # shapes classification folder (DATASETS.SHAPES_CLASSIFICATION) is used, and the log says so.
+    # classification folder of DATASETS.GENERATED_CLASSIFICATION is used, and the log says so.
     _C.DATASETS.IMAGENET_ROOT = ""
+    # The generated folder used when neither DATASETS.IMAGENET_ROOT nor $IMAGENET_ROOT is set:
+    # "shapes" (10 drawn shapes) or "photos" (the 10 classes of the photos detection set, one
+    # object cut from a photograph per image), sized by DATASETS.SHAPES_CLASSIFICATION below.
+    _C.DATASETS.GENERATED_CLASSIFICATION = "shapes"
     _C.DATASETS.SHAPES_CLASSIFICATION = CN()
     # Side of the generated square images, in pixels (>= 32).
     _C.DATASETS.SHAPES_CLASSIFICATION.IMAGE_SIZE = 64

@@ -2,12 +2,12 @@
 Datasets of bio_detectron.
 
 Importing this package registers the embedded detection datasets with detectron2 as
-"shapes_train" / "shapes_val" and "textures_train" / "textures_val", and small 96 px copies
-"shapes_train_mini" / "shapes_val_mini" and "textures_train_mini" / "textures_val_mini" (generated
-on first load, into ``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``; set the variable
-before importing).
+"shapes_train" / "shapes_val", "textures_train" / "textures_val" and "photos_train" / "photos_val",
+and small 96 px copies "<kind>_train_mini" / "<kind>_val_mini" of each (generated on first load,
+into ``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``; set the variable before importing).
 """
 
+from .cache import datasets_root
 from .datasets import (
     CheckedDatasetMapper,
     ensure_dataset_files,
@@ -27,11 +27,16 @@ from .imagenet import (
 from .shapes import (
     CLASSIFICATION_CLASSES,
     DETECTION_CLASSES,
-    datasets_root,
     ensure_shapes_classification,
     ensure_shapes_dataset,
     shapes_classification_dir,
     shapes_dataset_paths,
+)
+from .photos import (
+    PHOTO_CLASSES,
+    ensure_photos_classification,
+    ensure_photos_dataset,
+    photos_dataset_paths,
 )
 from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset_paths
 
@@ -55,6 +60,10 @@ __all__ = [
     "register_textures_dataset",
     "shapes_classification_dir",
     "shapes_dataset_paths",
+    "PHOTO_CLASSES",
+    "ensure_photos_classification",
+    "ensure_photos_dataset",
+    "photos_dataset_paths",
     "TEXTURE_CLASSES",
     "ensure_textures_dataset",
     "textures_dataset_paths",
@@ -62,9 +71,9 @@ __all__ = [
 
 
 def _register_builtin_datasets() -> None:
-    # Default sizes: what the demo trains on (1000 train / 200 val images of 160 px).
+    # Default sizes: what the demo trains on (1000 train / 200 val images; 160 px, photos 128 px).
     # Small copies at 96 px for smoke runs (configs/quick_schedules, tests).
-    for kind in ("shapes", "textures"):
+    for kind in ("shapes", "textures", "photos"):
         for split in ("train", "val"):
             register_generated_dataset(f"{kind}_{split}", kind, split)
             register_generated_dataset(

@@ -1,6 +1,6 @@
 """
 Loading COCO-format datasets with clear errors, and registering the embedded generated datasets
-(shapes, textures).
+(shapes, textures, photos).
 
 The embedded datasets are registered like ``register_coco_instances`` does (a DatasetCatalog
 entry that calls detectron2's ``load_coco_json``, and "coco" metadata), except that loading
@@ -14,12 +14,9 @@ from typing import Callable, Dict, List, Optional
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .shapes import (
-    DETECTION_CLASSES,
-    datasets_root,
-    ensure_shapes_dataset,
-    shapes_dataset_paths,
-)
+from .cache import datasets_root
+from .shapes import DETECTION_CLASSES, ensure_shapes_dataset, shapes_dataset_paths
+from .photos import PHOTO_CLASSES, ensure_photos_dataset, photos_dataset_paths
 from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset_paths
 
 __all__ = [
@@ -150,11 +147,12 @@ class CheckedDatasetMapper(DatasetMapper):
             raise ValueError(f"cannot read image {path}: {e}") from e
 
 
-# Generated dataset kind -> (paths function, ensure function, class names). Both functions take
-# (split, root, image_size, num_train, num_val, seed).
+# Generated dataset kind -> (paths function, ensure function, class names, default image size).
+# Both functions take (split, root, image_size, num_train, num_val, seed).
 _GENERATED = {
-    "shapes": (shapes_dataset_paths, ensure_shapes_dataset, DETECTION_CLASSES),
-    "textures": (textures_dataset_paths, ensure_textures_dataset, TEXTURE_CLASSES),
+    "shapes": (shapes_dataset_paths, ensure_shapes_dataset, DETECTION_CLASSES, 160),
+    "textures": (textures_dataset_paths, ensure_textures_dataset, TEXTURE_CLASSES, 160),
+    "photos": (photos_dataset_paths, ensure_photos_dataset, PHOTO_CLASSES, 128),
 }
 
 
@@ -163,7 +161,7 @@ def register_generated_dataset(
     kind: str,
     split: str,
     root: Optional[str] = None,
-    image_size: int = 160,
+    image_size: Optional[int] = None,
     num_train: int = 1000,
     num_val: int = 200,
     seed: int = 0,
@@ -178,15 +176,17 @@ def register_generated_dataset(
 
     Args:
         name: the dataset name, e.g. "shapes_train".
-        kind: "shapes" (:mod:`bio_detectron.data.shapes`) or "textures"
-            (:mod:`bio_detectron.data.textures`).
+        kind: "shapes" (:mod:`bio_detectron.data.shapes`), "textures"
+            (:mod:`bio_detectron.data.textures`) or "photos" (:mod:`bio_detectron.data.photos`).
         split: "train" or "val".
-        root, image_size, num_train, num_val, seed: see
+        image_size: side of the square images; None: the kind's own (160, 160 and 128 px).
+        root, num_train, num_val, seed: see
             :func:`bio_detectron.data.shapes.ensure_shapes_dataset`.
     """
     if kind not in _GENERATED:
         raise ValueError(f"Unknown generated dataset kind {kind!r}; allowed: {sorted(_GENERATED)}")
-    paths, ensure_files, classes = _GENERATED[kind]
+    paths, ensure_files, classes, default_size = _GENERATED[kind]
+    image_size = default_size if image_size is None else image_size
     # Resolve the root once, so that the metadata and the generated files cannot disagree on it.
     options = (split, datasets_root(root), image_size, num_train, num_val, seed)
     json_file, image_root = paths(*options)

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
+from .photos import ensure_photos_classification
 from .shapes import ensure_shapes_classification
 
 __all__ = [
@@ -46,6 +47,13 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 ENV_IMAGENET_ROOT = "IMAGENET_ROOT"
 
 
+# DATASETS.GENERATED_CLASSIFICATION -> the function that makes that folder exist.
+_GENERATED_FOLDERS = {
+    "shapes": ensure_shapes_classification,
+    "photos": ensure_photos_classification,
+}
+
+
 class UnreadableImageError(RuntimeError):
     """An image file that PIL cannot open or decode."""
 
@@ -53,8 +61,8 @@ class UnreadableImageError(RuntimeError):
 def classification_root(cfg) -> str:
     """
     The dataset folder a config asks for: ``DATASETS.IMAGENET_ROOT``, else ``$IMAGENET_ROOT``,
-    else the embedded shapes classification folder (generated on first use, sized by
-    ``DATASETS.SHAPES_CLASSIFICATION``).
+    else the embedded classification folder ``DATASETS.GENERATED_CLASSIFICATION`` names ("shapes"
+    or "photos"; generated on first use, sized by ``DATASETS.SHAPES_CLASSIFICATION``).
 
     Returns:
         str: a folder holding ``train/`` and ``val/``.
@@ -63,15 +71,21 @@ def classification_root(cfg) -> str:
     if not root:
         root, source = os.environ.get(ENV_IMAGENET_ROOT, ""), f"${ENV_IMAGENET_ROOT}"
     if not root:
-        shapes = cfg.DATASETS.SHAPES_CLASSIFICATION
-        root = ensure_shapes_classification(
-            image_size=shapes.IMAGE_SIZE,
-            num_train_per_class=shapes.NUM_TRAIN_PER_CLASS,
-            num_val_per_class=shapes.NUM_VAL_PER_CLASS,
+        kind = cfg.DATASETS.GENERATED_CLASSIFICATION
+        if kind not in _GENERATED_FOLDERS:
+            raise ValueError(
+                f"DATASETS.GENERATED_CLASSIFICATION={kind!r} is not a generated folder; use one of "
+                f"{sorted(_GENERATED_FOLDERS)}"
+            )
+        sizes = cfg.DATASETS.SHAPES_CLASSIFICATION
+        root = _GENERATED_FOLDERS[kind](
+            image_size=sizes.IMAGE_SIZE,
+            num_train_per_class=sizes.NUM_TRAIN_PER_CLASS,
+            num_val_per_class=sizes.NUM_VAL_PER_CLASS,
         )
         logger.info(
             f"Neither DATASETS.IMAGENET_ROOT nor ${ENV_IMAGENET_ROOT} is set: using the generated "
-            f"shapes classification folder {root}"
+            f"{kind} classification folder {root}"
         )
         return root
     root = os.path.abspath(os.path.expanduser(root))
