@@ -12,10 +12,19 @@ images; the first run also generates the dataset (a few seconds).
 It ends by drawing the first validation images under every trained model, next to the ground
 truth (tools/visualize.py), into one figure, ``<output-dir>/detections.png`` unless ``--figure``.
 
+``--budgets N1 N2 ...`` trains every rule at every budget instead: ``SOLVER.MAX_ITER N``, so the
+cosine schedule stretches to the budget, into ``<output-dir>/<rule>/iter<N>``. It writes
+``<output-dir>/budgets.json`` and draws AP against iterations, one line per rule,
+``<output-dir>/budgets.png`` (tools/plot_budgets.py draws several datasets side by side). A run
+whose folder already holds its final AP is reused, and says so (``--rerun`` trains it again), so
+an interrupted sweep continues where it stopped.
+
     python tools/demo.py                                      # sign_symmetry only
     python tools/demo.py --rules backprop sign_symmetry feedback_alignment
     python tools/demo.py --rules backprop -- SOLVER.MAX_ITER 20   # config options after "--"
     python tools/demo.py --configs configs/Textures-Detection --rules backprop kolen_pollack
+    python tools/demo.py --configs configs/Photos-Detection --rules backprop sign_symmetry \
+        --budgets 800 1600 3200 --output-dir output/budgets/photos
 """
 
 import argparse
@@ -30,6 +39,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
 CONFIG = "retinanet_R_18_FPN_{}.yaml"
+# Written into a run's folder once it finished: what trained it, so that --budgets reuses only runs
+# of the same config file and options.
+COMMAND_FILE = "demo_command.json"
 HEADER = "| rule | bbox AP | AP50 | AP75 | training time | total time | iterations | output |"
 
 
@@ -43,12 +55,39 @@ MALLOC_ENV = {
 }
 
 
+def run_command(config, opts):
+    return {"config": os.path.abspath(config), "opts": [str(o) for o in opts]}
+
+
+def finished_row(rule, output_dir, command):
+    """
+    The row of a run in ``output_dir`` that finished with its final AP, trained by the same
+    ``command`` (config file and options, as :func:`train` records it), or None.
+    """
+    metrics = os.path.join(output_dir, "metrics.json")
+    recorded = os.path.join(output_dir, COMMAND_FILE)
+    if not all(os.path.exists(p) for p in (metrics, recorded)):
+        return None
+    with open(recorded) as f:
+        if json.load(f) != command:
+            return None
+    with open(metrics) as f:
+        results = [r for r in map(json.loads, f) if "bbox/AP" in r]
+    if not results or not os.path.exists(os.path.join(output_dir, "model_final.pth")):
+        return None
+    r = results[-1]
+    return [rule, *(f"{r[k]:.1f}" for k in ("bbox/AP", "bbox/AP50", "bbox/AP75"))] + [
+        "reused", "-", str(r["iteration"]), output_dir,
+    ]  # fmt: skip
+
+
 def train(rule, config, output_dir, opts):
     """Run train_net.py for one rule, echoing its progress lines; returns a row of the table."""
     os.makedirs(output_dir, exist_ok=True)
     metrics = os.path.join(output_dir, "metrics.json")
-    if os.path.exists(metrics):  # detectron2 appends to it: a stale AP must not be read back
-        os.remove(metrics)
+    for stale in (metrics, os.path.join(output_dir, COMMAND_FILE)):
+        if os.path.exists(stale):  # detectron2 appends to metrics.json: no stale AP read back
+            os.remove(stale)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
     cmd += ["--config-file", config, "OUTPUT_DIR", output_dir, *opts]
     start, tail, train_time = time.perf_counter(), [], "?"
@@ -70,6 +109,8 @@ def train(rule, config, output_dir, opts):
         sys.stdout.write("".join(tail))
         why = f"exit status {proc.returncode}" if proc.returncode else f"no bbox/AP in {metrics}"
         sys.exit(f"demo: training with rule {rule!r} failed ({why}); log: {output_dir}/log.txt")
+    with open(os.path.join(output_dir, COMMAND_FILE), "w") as f:
+        json.dump(run_command(config, opts), f)
     r = results[-1]
     shown = os.path.relpath(output_dir)
     return [rule, *(f"{r[k]:.1f}" for k in ("bbox/AP", "bbox/AP50", "bbox/AP75"))] + [
@@ -100,6 +141,37 @@ def draw(configs, labels, output_dirs, figure, opts):
     return figure
 
 
+def sweep(rules, configs, output_dir, budgets, opts, rerun):
+    """Every rule at every budget; writes budgets.json and budgets.png into ``output_dir``."""
+    from plot_budgets import plot_budgets  # tools/, next to this file
+
+    runs = []
+    for rule, config in zip(rules, configs):
+        for budget in budgets:
+            folder = os.path.abspath(os.path.join(output_dir, rule, f"iter{budget}"))
+            run_opts = [*opts, "SOLVER.MAX_ITER", str(budget)]
+            row = None if rerun else finished_row(rule, folder, run_command(config, run_opts))
+            if row is not None:
+                print(f"[{rule}] {budget} iterations: reusing the finished run in {folder}")
+            else:
+                row = train(f"{rule}@{budget}", config, folder, run_opts)
+                row[0] = rule
+            runs.append({"rule": rule, "iterations": budget, "AP": float(row[1]),
+                         "AP50": float(row[2]), "AP75": float(row[3]), "training_time": row[4],
+                         "output": folder})  # fmt: skip
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "budgets.json"), "w") as f:
+        json.dump({"configs": os.path.dirname(configs[0]), "runs": runs}, f, indent=1)
+    header = "| rule | " + " | ".join(f"{b} it." for b in budgets) + " |"
+    print(f"\nbbox AP\n{header}\n|" + "---|" * (len(budgets) + 1))
+    for rule in rules:
+        aps = {r["iterations"]: r["AP"] for r in runs if r["rule"] == rule}
+        print(f"| {rule} | " + " | ".join(f"{aps[b]:.1f}" for b in budgets) + " |")
+    figure = os.path.join(output_dir, "budgets.png")
+    plot_budgets([output_dir], figure)
+    print(f"\nAP against the budget: {figure}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rules", nargs="+", default=["sign_symmetry"], help="rules to train")
@@ -113,6 +185,16 @@ def main():
         "--figure", help="the detections figure (default: <output-dir>/detections.png)"
     )
     parser.add_argument("--no-figure", action="store_true", help="do not draw the detections")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="train every rule at each of these numbers of iterations; AP against budget",
+    )
+    parser.add_argument(
+        "--rerun", action="store_true", help="with --budgets: train runs that already finished"
+    )
     parser.add_argument("opts", nargs="*", help="config options KEY VALUE, passed to every run")
     args = parser.parse_args()
     config = os.path.join(os.path.abspath(args.configs), CONFIG)
@@ -123,6 +205,10 @@ def main():
 
     output_dirs = [os.path.abspath(os.path.join(args.output_dir, r)) for r in args.rules]
     configs = [config.format(r) for r in args.rules]
+    if args.budgets:
+        if any(b < 1 for b in args.budgets) or "SOLVER.MAX_ITER" in args.opts:
+            parser.error("--budgets takes positive iteration counts and sets SOLVER.MAX_ITER itself")
+        return sweep(args.rules, configs, args.output_dir, sorted(set(args.budgets)), args.opts, args.rerun)
     rows = [train(r, c, d, args.opts) for r, c, d in zip(args.rules, configs, output_dirs)]
     print(f"\n{HEADER}\n|" + "---|" * HEADER.count(" | ") + "---|")
     for row in rows:
