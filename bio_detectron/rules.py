@@ -11,6 +11,7 @@ The rules and their names follow the code of Xiao, Chen, Liao & Poggio (2018), a
 import inspect
 import math
 import numbers
+import warnings
 import zlib
 from typing import Optional
 
@@ -20,6 +21,7 @@ from fvcore.common.registry import Registry
 __all__ = [
     "RULE_REGISTRY",
     "LearningRule",
+    "ScaledRule",
     "available_rules",
     "build_rule",
     "feedback_scale",
@@ -106,31 +108,63 @@ def layer_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**63 - 1)
 
 
+# Names of the rule API before the feedback tensor had one name (old -> new); a rule class that
+# still defines an old name works, with a DeprecationWarning.
+_RENAMED = {
+    "state_kind": "feedback_kind",
+    "feedback": "feedback_weight",
+    "feedback_parts": "feedback_weight_parts",
+    "state_grad": "feedback_grad",
+}
+
+
 class LearningRule:
     """
-    Base class of learning rules. A rule is a small, stateless object holding its options; the
-    state a rule needs (a fixed random B, say) lives in the layer as ``feedback``, made by
-    :meth:`init_feedback`, so that it follows the layer to a device, across processes and into
-    checkpoints.
+    Base class of learning rules. A rule is a small, stateless object holding its options. Two
+    tensors are named after what they are:
 
-    When the state is made (see :class:`~bio_detectron.layers.FeedbackLayer`): from the weights
-    the layer has at its first training forward pass, i.e. after pretrained weights are loaded and
-    after DistributedDataParallel has given every process rank 0's weights, unless a checkpoint
-    made by the same rule restored it first.
+    * **B, the feedback weight**: what the backward pass uses in place of W to propagate the
+      error, made by :meth:`feedback_weight` at every backward pass (a layer's
+      ``feedback_weight()`` shows it);
+    * **the feedback tensor**: what a rule keeps per layer to make B from (a fixed random B, the
+      B that Kolen-Pollack trains), stored in the layer as ``feedback`` (a buffer, or a parameter
+      when ``feedback_kind`` is "parameter"), made by :meth:`init_feedback`, so that it follows
+      the layer to a device, across processes and into checkpoints.
+
+    When the feedback tensor is made (see :class:`~bio_detectron.layers.FeedbackLayer`): from the
+    weights the layer has at its first training forward pass, i.e. after pretrained weights are
+    loaded and after DistributedDataParallel has given every process rank 0's weights, unless a
+    checkpoint made by the same rule restored it first.
 
     Attributes:
         name (str): the name the rule is registered under.
-        state_kind (str or None): how the layer keeps the rule's state: None (no state),
-            "buffer" (never touched by optimizers) or "parameter" (trained by the optimizer
-            like W; the rule's backward gives it a gradient).
+        feedback_kind (str or None): how the layer keeps the feedback tensor: None (the rule keeps
+            none), "buffer" (never touched by optimizers) or "parameter" (trained by the
+            optimizer like W; the rule's backward gives it a gradient, :meth:`feedback_grad`).
     """
 
     name = ""
-    state_kind: Optional[str] = None
+    feedback_kind: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for old, new in _RENAMED.items():
+            if old in cls.__dict__ and new not in cls.__dict__:
+                warnings.warn(
+                    f"{cls.__name__}.{old} is named {new} now (LearningRule's feedback API)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                setattr(cls, new, cls.__dict__[old])
+
+    @property
+    def state_kind(self) -> Optional[str]:
+        """Deprecated name of :attr:`feedback_kind`."""
+        return self.feedback_kind
 
     def init_feedback(self, weight: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
         """
-        Make the rule's state for a layer.
+        Make the feedback tensor of a layer.
 
         Args:
             weight (Tensor): the layer's weight W, detached, float32, on the CPU.
@@ -138,22 +172,24 @@ class LearningRule:
 
         Returns:
             Tensor or None: a tensor shaped like W, stored in the layer (``feedback``) and handed
-            back to :meth:`feedback`; None when the rule keeps no state (``state_kind`` None).
+            back to :meth:`feedback_weight`; None when the rule keeps none (``feedback_kind``
+            None).
         """
         return None
 
-    def feedback(self, weight: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
+    def feedback_weight(self, weight: torch.Tensor, feedback: Optional[torch.Tensor]) -> torch.Tensor:
         """
         Args:
             weight (Tensor): the layer's current weight W (as used in its forward pass).
-            state (Tensor or None): what :meth:`init_feedback` returned for this layer.
+            feedback (Tensor or None): the layer's feedback tensor (what :meth:`init_feedback`
+                made), None for a rule that keeps none.
 
         Returns:
             Tensor: B, shaped and typed like W.
         """
         raise NotImplementedError
 
-    def feedback_parts(self, weight: torch.Tensor, state: Optional[torch.Tensor]):
+    def feedback_weight_parts(self, weight: torch.Tensor, feedback: Optional[torch.Tensor]):
         """
         B as a tensor and a scalar factor, for the backward pass: B = M * s. A rule whose B has
         such a factor returns a new tensor M (the caller may change it in place) and s, so that
@@ -163,14 +199,18 @@ class LearningRule:
         Returns:
             (Tensor, float or 0-dim Tensor or None): M and s.
         """
-        return self.feedback(weight, state), None
+        return self.feedback_weight(weight, feedback), None
 
-    def state_grad(self, grad_weight: torch.Tensor) -> torch.Tensor:
+    def feedback_grad(self, grad_weight: torch.Tensor) -> torch.Tensor:
         """
-        For ``state_kind == "parameter"``: the gradient the state receives, given W's gradient
-        (computed by the layer's backward in any case).
+        For ``feedback_kind == "parameter"``: the gradient the feedback tensor receives, given
+        W's gradient (computed by the layer's backward in any case).
         """
-        raise NotImplementedError(f"{type(self).__name__} keeps no trained state")
+        raise NotImplementedError(f"{type(self).__name__} keeps no trained feedback tensor")
+
+    def feedback(self, weight, feedback):
+        """Deprecated name of :meth:`feedback_weight`."""
+        return self.feedback_weight(weight, feedback)
 
     def options(self) -> dict:
         """The options this rule was built with (its constructor's named arguments)."""
@@ -205,7 +245,7 @@ class Backprop(LearningRule):
 
     name = "backprop"
 
-    def feedback(self, weight, state):
+    def feedback_weight(self, weight, feedback):
         return weight
 
 
@@ -229,11 +269,11 @@ class SignSymmetry(ScaledRule):
 
     name = "sign_symmetry"
 
-    def feedback(self, weight, state):
-        sign, scale = self.feedback_parts(weight, state)
+    def feedback_weight(self, weight, feedback):
+        sign, scale = self.feedback_weight_parts(weight, feedback)
         return sign.mul_(scale)
 
-    def feedback_parts(self, weight, state):
+    def feedback_weight_parts(self, weight, feedback):
         sign = torch.sign(weight)
         if self.scale == "mean_abs" and weight.dtype in (torch.float32, torch.float64):
             # mean |W| = W . sign(W) / n: one dot product over the sign just made, instead of
@@ -248,14 +288,14 @@ class SignSymmetryRandomMagnitude(ScaledRule):
     """B = |R| * sign(W): the signs of W with fixed random magnitudes, R ~ N(0, s^2)."""
 
     name = "sign_symmetry_random_magnitude"
-    state_kind = "buffer"
+    feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
         return r.abs_().mul_(feedback_scale(self.scale, weight))
 
-    def feedback(self, weight, state):
-        return torch.sign(weight).mul_(state.to(weight.dtype))
+    def feedback_weight(self, weight, feedback):
+        return torch.sign(weight).mul_(feedback.to(weight.dtype))
 
 
 @RULE_REGISTRY.register()
@@ -263,13 +303,13 @@ class FeedbackAlignment(ScaledRule):
     """B fixed random, B ~ N(0, s^2), never updated (Lillicrap et al. 2016)."""
 
     name = "feedback_alignment"
-    state_kind = "buffer"
+    feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         return _random_feedback(weight, generator, self.scale)
 
-    def feedback(self, weight, state):
-        return state.to(weight.dtype)
+    def feedback_weight(self, weight, feedback):
+        return feedback.to(weight.dtype)
 
 
 @RULE_REGISTRY.register()
@@ -278,13 +318,13 @@ class FeedbackAlignmentSignedInit(ScaledRule):
     drifting as W learns."""
 
     name = "feedback_alignment_signed_init"
-    state_kind = "buffer"
+    feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         return torch.sign(weight).mul_(feedback_scale(self.scale, weight))
 
-    def feedback(self, weight, state):
-        return state.to(weight.dtype)
+    def feedback_weight(self, weight, feedback):
+        return feedback.to(weight.dtype)
 
 
 @RULE_REGISTRY.register()
@@ -298,15 +338,15 @@ class KolenPollack(ScaledRule):
     """
 
     name = "kolen_pollack"
-    state_kind = "parameter"
+    feedback_kind = "parameter"
 
     def init_feedback(self, weight, generator):
         return _random_feedback(weight, generator, self.scale)
 
-    def feedback(self, weight, state):
-        return state.to(weight.dtype)
+    def feedback_weight(self, weight, feedback):
+        return feedback.to(weight.dtype)
 
-    def state_grad(self, grad_weight):
+    def feedback_grad(self, grad_weight):
         # A tensor of its own: W's and B's .grad must not alias (gradient clipping, DDP buckets
         # and optimizers may change a .grad in place).
         return grad_weight.clone()
@@ -325,13 +365,13 @@ class WeightMirror(ScaledRule):
     """
 
     name = "weight_mirror"
-    state_kind = "buffer"
+    feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         return _random_feedback(weight, generator, self.scale)
 
-    def feedback(self, weight, state):
-        return state.to(weight.dtype)
+    def feedback_weight(self, weight, feedback):
+        return feedback.to(weight.dtype)
 
 
 def available_rules():
