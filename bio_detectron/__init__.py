@@ -23,6 +23,26 @@ from . import model_zoo  # isort: skip  (finds the configs; detectron2 only to l
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "RULE_REGISTRY",
+    "FeedbackConv2d",
+    "FeedbackLayer",
+    "FeedbackLinear",
+    "LearningRule",
+    "add_bio_config",
+    "add_classification_config",
+    "available_rules",
+    "bio_plausible",
+    "build_rule",
+    "convert_model",
+    "find_unsupported",
+    "is_converted",
+    "make_feedback_now",
+    "model_zoo",
+    "revert_model",
+    "rules_of",
+]
+
 # find_spec tells "not installed" (None) apart from "installed": an installed detectron2 is then
 # imported below, and whatever breaks in it is raised, not taken for its absence.
 HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None

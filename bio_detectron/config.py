@@ -1,54 +1,98 @@
 """Config keys of bio_detectron, added to a detectron2 config by :func:`add_bio_config`."""
 
+import ast
 import logging
 import numbers
 
 import torch
-import yacs.config
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_bio_config", "add_classification_config", "fall_back_to_cpu", "device_or_cpu"]
+from .mirror import MIRROR_DEFAULTS
+
+__all__ = [
+    "add_bio_config",
+    "add_classification_config",
+    "device_or_cpu",
+    "fall_back_to_cpu",
+]
 
 # Keys whose value is a string or a number: a number from a YAML file or a command line
 # (``MODEL.BIO.SCALE 0.01``) is kept as its string, so the key keeps one type.
 STRING_OR_NUMBER_KEYS = ("MODEL.BIO.SCALE",)
 
 
-def _coerce_string_or_number(check):
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _decoded(value):
+    """A value as yacs reads it: a string is a Python literal where it parses as one."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
+def _as_string(value):
     """
-    yacs checks that a merged value has the default's type, in ``merge_from_list`` and
-    ``merge_from_file`` alike, through the module function ``_check_and_coerce_cfg_value_type``,
-    and offers no seam to allow a second type for one key. This wraps that function so that the
-    keys of :data:`STRING_OR_NUMBER_KEYS` accept a number (stored as its string); every other key
-    is checked by yacs as before. ``tests/test_detection.py`` fails if yacs stops calling it.
+    A number (or a string that reads as one), as a value yacs decodes to the number's string:
+    yacs reads every merged string as a Python literal where it parses as one, from files too.
     """
-    if getattr(check, "_bio_detectron", False):
-        return check
-
-    def coerce(replacement, original, key, full_key):
-        if (
-            full_key in STRING_OR_NUMBER_KEYS
-            and isinstance(original, str)
-            and isinstance(replacement, numbers.Real)
-            and not isinstance(replacement, bool)
-        ):
-            return repr(replacement)
-        return check(replacement, original, key, full_key)
-
-    coerce._bio_detectron = True
-    return coerce
+    number = _decoded(value)
+    return repr(repr(number)) if _number(number) else value
 
 
-yacs.config._check_and_coerce_cfg_value_type = _coerce_string_or_number(
-    yacs.config._check_and_coerce_cfg_value_type
-)
+class _NumbersAsStrings:
+    """
+    One merge method of one config (``merge_from_list`` or ``merge_from_other_cfg``, which
+    ``merge_from_file`` calls): its class's, except that a number given for a key of
+    :data:`STRING_OR_NUMBER_KEYS` is handed on as its string. An object, not a bound method, so
+    that copies and pickles of the config keep it, bound to themselves.
+    """
+
+    def __init__(self, cfg, name: str):
+        self.cfg, self.name = cfg, name
+
+    def __call__(self, other):
+        if self.name == "merge_from_list":
+            other = list(other)
+            for i in range(0, len(other) - 1, 2):
+                if other[i] in STRING_OR_NUMBER_KEYS:
+                    other[i + 1] = _as_string(other[i + 1])
+        else:
+            for full_key in STRING_OR_NUMBER_KEYS:
+                *path, key = full_key.split(".")
+                node = other
+                for part in path:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and key in node:
+                    node[key] = _as_string(node[key])
+        return getattr(type(self.cfg), self.name)(self.cfg, other)
+
+
+def _accept_numbers(cfg):
+    """
+    Let ``cfg`` take a number for the keys of :data:`STRING_OR_NUMBER_KEYS`, whose defaults are
+    strings. yacs checks that a merged value has the default's type, in a module function with no
+    per-key seam; rather than replace that function for every config of the process, this config
+    alone gets merge methods of its own, as instance attributes (yacs keeps its own flags in the
+    instance ``__dict__`` too), which hand yacs the number's string. The config keeps its class.
+    tests/test_detection.py checks numbers from files and command lines, copies and pickles, and
+    that yacs's own check is untouched.
+    """
+    for name in ("merge_from_list", "merge_from_other_cfg"):
+        cfg.__dict__[name] = _NumbersAsStrings(cfg, name)
 
 
 def add_bio_config(cfg):
     """
     Add the ``MODEL.BIO`` keys (learning rules) to a detectron2 config, in place.
-    Values are validated when the model is built (see ``bio_detectron.modeling.parts``).
+    Values are validated when the model is built (see ``bio_detectron.modeling.parts``). The
+    config's merges take a number for ``MODEL.BIO.SCALE`` from a file or a command line.
     """
+    _accept_numbers(cfg)
     _C = cfg
     _C.MODEL.BIO = CN()
     # The learning rule of every Conv2d/Linear of the model, unless a part below overrides it.
@@ -96,32 +140,33 @@ def add_bio_config(cfg):
     # Log alignment metrics of every converted layer every PERIOD iterations (0: off, no cost).
     _C.MODEL.BIO.ALIGNMENT.PERIOD = 0
 
-    # The weight mirror of the "weight_mirror" rule (Akrout et al. 2019, section 4), run by both
+    # The weight mirror of the "weight_mirror" rule (Akrout et al. 2019, section 4), run by the
     # trainers: B <- (1 - DECAY) * B + LR * corr(x, y), with noise x ~ N(0, NOISE_STD^2) shaped
     # like the layer's input and y = W x; B follows (LR * NOISE_STD^2 / DECAY) * W, up to noise of
-    # about sqrt(DECAY / (2 - DECAY) / SAMPLES_PER_INPUT) x |W|.
+    # about sqrt(DECAY / (2 - DECAY) / SAMPLES_PER_INPUT) x |W|. The defaults are
+    # bio_detectron.mirror.MIRROR_DEFAULTS, those of WeightMirrorHook.
     _C.MODEL.BIO.MIRROR = CN()
     # A mirror step of every weight_mirror layer after every PERIOD-th iteration's optimizer step
     # (0: none). With the defaults a step costs 0.5-1 training step, so 20 adds 2-5 %.
-    _C.MODEL.BIO.MIRROR.PERIOD = 20
+    _C.MODEL.BIO.MIRROR.PERIOD = MIRROR_DEFAULTS["period"]
     # sigma, the standard deviation of the noise (> 0).
-    _C.MODEL.BIO.MIRROR.NOISE_STD = 1.0
+    _C.MODEL.BIO.MIRROR.NOISE_STD = MIRROR_DEFAULTS["std"]
     # eta_B, the mirror's learning rate (> 0).
-    _C.MODEL.BIO.MIRROR.LR = 0.1
+    _C.MODEL.BIO.MIRROR.LR = MIRROR_DEFAULTS["lr"]
     # lambda_B, the mirror's decay of B per step, in [0, 1]: B averages the last ~1/DECAY steps'
     # correlations; smaller is less noisy but slower to follow W.
-    _C.MODEL.BIO.MIRROR.DECAY = 0.1
+    _C.MODEL.BIO.MIRROR.DECAY = MIRROR_DEFAULTS["decay"]
     # Noise samples per layer and step (each of the spatial size of the layer's training input);
     # 0: per layer, the fewest that give SAMPLES_PER_INPUT (below).
-    _C.MODEL.BIO.MIRROR.NOISE_BATCH = 0
+    _C.MODEL.BIO.MIRROR.NOISE_BATCH = MIRROR_DEFAULTS["noise_batch"]
     # With NOISE_BATCH 0: noise products summed per weight and step, in units of the layer's
     # fan-in (> 0). One step's estimate of W is then off by about 1/sqrt(SAMPLES_PER_INPUT) x |W|
     # in every layer: layers on small maps (ResNet's res5, P6/P7) get many samples, cheap there.
-    _C.MODEL.BIO.MIRROR.SAMPLES_PER_INPUT = 0.25
+    _C.MODEL.BIO.MIRROR.SAMPLES_PER_INPUT = MIRROR_DEFAULTS["samples_per_input"]
     # Mirror steps after the first iteration (iteration 0; not on resume), so that B is aligned
     # from the start, as Akrout et al.'s released code mirrors before training (0: none; with
     # PERIOD also 0, B stays random, as in feedback alignment).
-    _C.MODEL.BIO.MIRROR.INITIAL_STEPS = 20
+    _C.MODEL.BIO.MIRROR.INITIAL_STEPS = MIRROR_DEFAULTS["initial_steps"]
 
     # The optimizer of both trainers (bio_detectron.solver.build_bio_optimizer). The seed paper's
     # code (its train.py) applies it to every parameter but the last layer's, which has switches of

@@ -12,18 +12,18 @@ require grad, ``torch.jit.trace``, ``torch.export``) a converted layer runs its 
 (``F.conv2d``, ``F.linear``, ...), so evaluation costs what it costs without the rule, and traced or
 exported graphs are the stock ones.
 
-Layers are converted in place by swapping their class (see :func:`feedback_class`), so that every
-reference to them stays valid (detectron2's FPN, for one, keeps its convs in plain lists too) and
-parameter names, values and ``isinstance`` checks are unchanged. Converted layers pickle and
-deep-copy by their original class, so a saved model loads in a fresh process.
+Existing layers are converted in place by swapping their class (the converter's business:
+:mod:`bio_detectron.convert`), so that every reference to them stays valid and parameter names,
+values and ``isinstance`` checks are unchanged. Converted layers pickle and deep-copy by their
+original class, so a saved model loads in a fresh process.
 """
 import logging
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.nn.modules.conv import _ConvNd
 
 from .rules import LearningRule, build_rule, layer_seed
 
@@ -32,10 +32,6 @@ __all__ = [
     "FeedbackLayer",
     "FeedbackConv2d",
     "FeedbackLinear",
-    "feedback_class",
-    "convert_layer",
-    "revert_layer",
-    "unsupported_reason",
     "is_converted",
 ]
 
@@ -66,7 +62,7 @@ def _feedback_for(rule, weight, state, input):
     or (B, None). A scalar factor of B is applied to whichever of M and the input gradient (shaped
     like ``input``) is smaller: one elementwise pass less for sign-symmetry's sign(W) * s.
     """
-    feedback, scale = rule.feedback_parts(weight, state)
+    feedback, scale = rule.feedback_weight_parts(weight, state)
     if scale is not None and feedback.numel() <= input.numel():
         return feedback.mul_(scale), None
     return feedback, scale
@@ -99,7 +95,7 @@ class _FeedbackConvFunction(torch.autograd.Function):
         )
         if scale is not None:
             grad_input = grad_input.mul_(scale)
-        grad_state = ctx.rule.state_grad(grad_weight) if need_state else None
+        grad_state = ctx.rule.feedback_grad(grad_weight) if need_state else None
         return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None, None
 
 
@@ -124,7 +120,7 @@ class _FeedbackLinearFunction(torch.autograd.Function):
         if need_weight or need_state:
             grad_weight = grad_2d.t().mm(input.reshape(-1, input.shape[-1]))
         if need_state:
-            grad_state = ctx.rule.state_grad(grad_weight)
+            grad_state = ctx.rule.feedback_grad(grad_weight)
         if ctx.has_bias and need_bias:
             grad_bias = grad_2d.sum(0)
         return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None
@@ -136,11 +132,11 @@ class FeedbackLayer:
 
     * ``learning_rule``: the :class:`~bio_detectron.rules.LearningRule` object;
     * ``rule``: its name;
-    * ``feedback``: the rule's state, for rules that keep one (a buffer, or a parameter for rules
-      whose state the optimizer trains);
-    * :meth:`feedback_weight`: the B its next backward pass will use.
+    * ``feedback``: the rule's feedback tensor, for rules that keep one (a buffer, or a parameter
+      for rules whose feedback tensor the optimizer trains);
+    * :meth:`feedback_weight`: B, the feedback weight its next backward pass will use.
 
-    **When the state is made.** ``feedback`` is made by the rule from the layer's weight and a
+    **When the feedback tensor is made.** ``feedback`` is made by the rule from the layer's weight and a
     generator seeded with (seed, module name) only. It is made again, in place, at the layer's
     first forward pass that needs a gradient, from the weights the layer has then: the weights
     training starts from, after ``MODEL.WEIGHTS`` or any other checkpoint was loaded and after
@@ -162,11 +158,11 @@ class FeedbackLayer:
 
     def set_rule(self, rule, *, seed: int = 0, name: str = "", **options):
         """
-        Set the layer's learning rule and make the rule's state.
+        Set the layer's learning rule and make the rule's feedback tensor.
 
         Args:
             rule (str or LearningRule): see :func:`~bio_detectron.rules.build_rule`.
-            seed (int): the run's seed; with ``name`` it decides the layer's state.
+            seed (int): the run's seed; with ``name`` it decides the layer's feedback tensor.
             name (str): the layer's module name in its model.
         """
         self.learning_rule = build_rule(rule, **options)
@@ -174,20 +170,20 @@ class FeedbackLayer:
         self._buffers.pop("feedback", None)
         self._parameters.pop("feedback", None)
         self._feedback_pending = False
-        state = self._make_state()
+        state = self._make_feedback()
         if state is None:
             return
-        if self.learning_rule.state_kind == "parameter":
+        if self.learning_rule.feedback_kind == "parameter":
             self.register_parameter("feedback", nn.Parameter(state))
         else:
             self.register_buffer("feedback", state)
         self._feedback_pending = True
 
-    def _state(self) -> Optional[torch.Tensor]:
+    def _feedback(self) -> Optional[torch.Tensor]:
         return self._buffers.get("feedback", self._parameters.get("feedback"))
 
-    def _make_state(self) -> Optional[torch.Tensor]:
-        """The rule's state made from the current weight (deterministic: seed, name, W)."""
+    def _make_feedback(self) -> Optional[torch.Tensor]:
+        """The rule's feedback tensor made from the current weight (deterministic: seed, name, W)."""
         generator = torch.Generator().manual_seed(layer_seed(self.bio_seed, self.bio_name))
         weight = self.weight.detach()
         state = self.learning_rule.init_feedback(weight.cpu().float(), generator)
@@ -195,7 +191,7 @@ class FeedbackLayer:
             return None
         if tuple(state.shape) != tuple(weight.shape):
             raise ValueError(
-                f"{type(self.learning_rule).__name__}.init_feedback made a state of shape "
+                f"{type(self.learning_rule).__name__}.init_feedback made a feedback tensor of shape "
                 f"{tuple(state.shape)} for {self.bio_name or 'a layer'} with weight "
                 f"{tuple(weight.shape)}; it must be shaped like W"
             )
@@ -203,22 +199,22 @@ class FeedbackLayer:
 
     @torch.no_grad()
     def make_feedback_now(self):
-        """Make the rule's state from the current weight now, in place (see the class doc)."""
-        state = self._state()
+        """Make the rule's feedback tensor from the current weight now, in place (see the class doc)."""
+        state = self._feedback()
         # (The alignment probe lends a layer the backprop rule, which keeps no state, for a pass.)
-        if state is not None and self.learning_rule.state_kind is not None:
-            state.copy_(self._make_state())
+        if state is not None and self.learning_rule.feedback_kind is not None:
+            state.copy_(self._make_feedback())
             self._feedback_pending = False
 
-    def _state_for_backward(self) -> Optional[torch.Tensor]:
+    def _feedback_for_backward(self) -> Optional[torch.Tensor]:
         if self._feedback_pending:
             self.make_feedback_now()
-        state = self._state()
-        if state is None or self.learning_rule.state_kind is None:
+        state = self._feedback()
+        if state is None or self.learning_rule.feedback_kind is None:
             # The alignment probe lends a layer the backprop rule for a pass: it reads no state,
             # and a trained state must get no gradient from that pass.
             return None
-        if self.learning_rule.state_kind == "parameter" and not self.weight.requires_grad:
+        if self.learning_rule.feedback_kind == "parameter" and not self.weight.requires_grad:
             # A trained state gets W's gradient: none while W is frozen.
             return state.detach()
         return state
@@ -230,8 +226,8 @@ class FeedbackLayer:
             Tensor: B, the weight the next backward pass uses in place of W to propagate gradients
             (before the first training step: the B that the current weights would give).
         """
-        state = self._make_state() if self._feedback_pending else self._state()
-        return self.learning_rule.feedback(self.weight, state)
+        state = self._make_feedback() if self._feedback_pending else self._feedback()
+        return self.learning_rule.feedback_weight(self.weight, state)
 
     def _uses_rule(self, input: torch.Tensor) -> bool:
         """Whether this forward pass goes through the rule's autograd path."""
@@ -254,7 +250,7 @@ class FeedbackLayer:
         # Module.state_dict keeps per-module metadata (the module's version) in
         # destination._metadata, pickled with the state dict; the rule's tag rides along there.
         metadata = getattr(destination, "_metadata", None)
-        if metadata is not None and self._state() is not None:
+        if metadata is not None and self._feedback() is not None:
             metadata.setdefault(prefix[:-1], {})[METADATA_KEY] = self.learning_rule.tag()
 
     def _load_from_state_dict(
@@ -263,7 +259,7 @@ class FeedbackLayer:
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        if self._state() is None:
+        if self._feedback() is None:
             return
         key, tag = prefix + "feedback", self.learning_rule.tag()
         if key not in state_dict:
@@ -294,17 +290,13 @@ class FeedbackLayer:
     def __reduce_ex__(self, protocol):
         # Pickle (torch.save(model), deepcopy) by the original class, whose feedback class is
         # rebuilt on load: generated classes do not exist in a fresh process until then.
+        from .convert import _new_converted  # the converter makes the classes
+
         reduced = super().__reduce_ex__(protocol)
         return (_new_converted, (self._bio_base,)) + tuple(reduced[2:])
 
     def extra_repr(self):
         return super().extra_repr() + f", rule={self.rule}"
-
-
-def _new_converted(base: type):
-    """Unpickling: an empty instance of ``base``'s feedback class (its state follows)."""
-    cls = feedback_class(base)
-    return cls.__new__(cls)
 
 
 class FeedbackConvMixin(FeedbackLayer):
@@ -314,7 +306,7 @@ class FeedbackConvMixin(FeedbackLayer):
         input, weight, bias = self._cast_for_autocast(input, weight, bias)
         args = (self.stride, padding, self.dilation, self.transposed, output_padding, self.groups)
         return _FeedbackConvFunction.apply(
-            input, weight, bias, self._state_for_backward(), self.learning_rule, args
+            input, weight, bias, self._feedback_for_backward(), self.learning_rule, args
         )
 
     def _conv_forward(self, input, weight, bias):
@@ -369,7 +361,7 @@ class FeedbackLinearMixin(FeedbackLayer):
             return self._bio_base.forward(self, input)
         input, weight, bias = self._cast_for_autocast(input, self.weight, self.bias)
         return _FeedbackLinearFunction.apply(
-            input, weight, bias, self._state_for_backward(), self.learning_rule
+            input, weight, bias, self._feedback_for_backward(), self.learning_rule
         )
 
 
@@ -413,127 +405,26 @@ class FeedbackLinear(FeedbackLinearMixin, nn.Linear):
         self.set_rule(rule, seed=seed, name=name, **(rule_options or {}))
 
 
-_CLASSES = {nn.Conv2d: FeedbackConv2d, nn.Linear: FeedbackLinear}
-
-_STOCK_CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
-_STOCK_TRANSPOSED_FORWARDS = (
-    nn.ConvTranspose1d.forward,
-    nn.ConvTranspose2d.forward,
-    nn.ConvTranspose3d.forward,
-)
-
-
-def _conv_norm_activation_forwards() -> Tuple:
-    """Conv forwards known to be 'conv, then optional norm and activation'."""
-    try:
-        from detectron2.layers import Conv2d as D2Conv2d
-    except ImportError:  # detectron2 is optional at this level
-        return ()
-    return (D2Conv2d.forward,)
-
-
-def _calls_conv_forward(forward) -> bool:
-    code = getattr(forward, "__code__", None)
-    return code is not None and "_conv_forward" in code.co_names
-
-
-def _class_unsupported_reason(cls: type) -> Optional[str]:
-    """Why instances of ``cls`` cannot learn with a rule by conversion; None when they can."""
-    if issubclass(cls, FeedbackLayer):
-        return None
-    if not issubclass(cls, LAYER_TYPES):
-        return f"{cls.__name__} is neither a convolution nor nn.Linear"
-    if issubclass(cls, _ConvTransposeNd):
-        if cls.forward in _STOCK_TRANSPOSED_FORWARDS:
-            return None
-        return f"{cls.__name__} has a forward of its own that the rule cannot act through"
-    if issubclass(cls, _ConvNd):
-        known = _STOCK_CONV_FORWARDS + _conv_norm_activation_forwards()
-        if cls.forward in known or _calls_conv_forward(cls.forward):
-            return None
-        return (
-            f"{cls.__name__}.forward does not call self._conv_forward (it computes the "
-            "convolution itself), so the rule cannot act on it"
-        )
-    if cls.forward is nn.Linear.forward:
-        return None
-    return f"{cls.__name__} has a forward of its own that the rule cannot act through"
-
-
-def unsupported_reason(module: nn.Module) -> Optional[str]:
-    """
-    Args:
-        module: a layer (an instance of :data:`LAYER_TYPES`).
-
-    Returns:
-        str or None: why converting ``module`` would not make it learn with a rule (its class
-        computes its output without the converted path), or None when it can be converted. Weights
-        read by *other* modules are checked by :func:`bio_detectron.convert_model`.
-    """
-    if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
-        return f"{type(module).__name__} is a lazy module whose weight is not initialised yet"
-    return _class_unsupported_reason(type(module))
-
-
-def feedback_class(cls: type) -> type:
-    """
-    Args:
-        cls: a convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``), ``nn.Linear``, or
-            a subclass (e.g. detectron2's ``Conv2d``).
-
-    Returns:
-        type: a subclass of ``cls`` whose instances use a learning rule (made once per class).
-        nn's and detectron2's forwards are replaced by the rule's path (a conv, then detectron2's
-        optional ``norm`` and ``activation``); a conv subclass with a forward of its own must call
-        ``self._conv_forward`` for the rule to act, or conversion refuses it.
-    """
-    if issubclass(cls, FeedbackLayer):
-        return cls
-    if cls not in _CLASSES:
-        reason = _class_unsupported_reason(cls)
-        if reason is not None:
-            raise TypeError(f"cannot convert {cls.__module__}.{cls.__qualname__}: {reason}")
-        attrs = {"_bio_base": cls}
-        if issubclass(cls, _ConvTransposeNd):
-            attrs["forward"] = FeedbackConvMixin._transposed_forward
-            bases = (FeedbackConvMixin, cls)
-        elif issubclass(cls, _ConvNd):
-            if cls.forward in _conv_norm_activation_forwards():
-                attrs["forward"] = FeedbackConvMixin._conv_norm_activation_forward
-            bases = (FeedbackConvMixin, cls)
-        else:
-            bases = (FeedbackLinearMixin, cls)
-        name = f"Feedback{cls.__name__}"
-        while name in globals():
-            name += "_"
-        attrs.update(__module__=__name__, __qualname__=name)
-        new_cls = type(name, bases, attrs)
-        globals()[name] = new_cls  # lets pickle find the class itself by name in this process
-        _CLASSES[cls] = new_cls
-    return _CLASSES[cls]
-
-
-def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **options):
-    """Convert one layer in place (its class is swapped) and return it."""
-    if not isinstance(module, FeedbackLayer):
-        module.__class__ = feedback_class(type(module))
-    module.set_rule(rule, seed=seed, name=name, **options)
-    return module
-
-
-_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending")
-
-
-def revert_layer(module: nn.Module) -> nn.Module:
-    """Turn a converted layer back into its original class, dropping the rule and its state."""
-    if isinstance(module, FeedbackLayer):
-        module._buffers.pop("feedback", None)
-        module._parameters.pop("feedback", None)
-        for attr in _LAYER_ATTRIBUTES:
-            module.__dict__.pop(attr, None)
-        module.__class__ = module._bio_base
-    return module
-
-
 def is_converted(module: nn.Module) -> bool:
     return isinstance(module, FeedbackLayer)
+
+
+# Moved to bio_detectron.convert with the rest of the class-swap machinery; the old names keep
+# working (pickles written before the move name bio_detectron.layers._new_converted).
+_MOVED = ("feedback_class", "convert_layer", "revert_layer", "unsupported_reason", "_new_converted")
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import warnings
+
+        from . import convert
+
+        if not name.startswith("_"):
+            warnings.warn(
+                f"bio_detectron.layers.{name} moved to bio_detectron.convert.{name}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

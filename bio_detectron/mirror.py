@@ -17,8 +17,8 @@ shrinks with more noise samples (``noise_batch``, ``samples_per_input``) and a s
 longer average): with ``samples_per_input`` s, one step's estimate is off by about 1/sqrt(s) x |W|,
 and the average B by about sqrt(decay / (2 - decay) / s) x |W|.
 
-Only PyTorch is needed here; :class:`bio_detectron.engine.WeightMirrorHook` runs the steps during
-training.
+Only PyTorch is needed here; :class:`bio_detectron.engine.WeightMirrorHook` (in
+``engine/mirror_hook.py``) runs the steps during training.
 """
 
 import math
@@ -33,6 +33,7 @@ from .layers import FeedbackLayer
 from .rules import WeightMirror, layer_seed
 
 __all__ = [
+    "MIRROR_DEFAULTS",
     "InputShapes",
     "mirror_correlation",
     "mirror_layers",
@@ -41,6 +42,16 @@ __all__ = [
     "noise_batch_for",
     "noise_shape",
 ]
+
+
+# The mirror's default options: those of WeightMirrorHook and of MODEL.BIO.MIRROR (config.py reads
+# them from here). period: a mirror step every N iterations (0: none); std, lr, decay: sigma,
+# eta_B, lambda_B; noise_batch: samples per step (0: enough for samples_per_input);
+# samples_per_input: noise products per weight and step, in units of the fan-in; initial_steps:
+# mirror steps after iteration 0.
+MIRROR_DEFAULTS = dict(
+    period=20, std=1.0, lr=0.1, decay=0.1, noise_batch=0, samples_per_input=0.25, initial_steps=20
+)
 
 
 def mirror_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:

@@ -247,7 +247,7 @@ def _log_groups(optimizer, names, last):
 
 def check_trained_feedback(optimizer: torch.optim.Optimizer, model: nn.Module):
     """
-    Raise unless every trained feedback weight (``state_kind "parameter"``, e.g. kolen_pollack's
+    Raise unless every trained feedback weight (``feedback_kind "parameter"``, e.g. kolen_pollack's
     B) is in a parameter group whose hyperparameters are those of its layer's weight: B must get
     W's update and weight decay.
     """
@@ -261,9 +261,9 @@ def check_trained_feedback(optimizer: torch.optim.Optimizer, model: nn.Module):
         return {k: v for k, v in g.items() if k not in ("params", "param_names")}
 
     for name, m in model.named_modules():
-        if not isinstance(m, FeedbackLayer) or m.learning_rule.state_kind != "parameter":
+        if not isinstance(m, FeedbackLayer) or m.learning_rule.feedback_kind != "parameter":
             continue
-        w, b = m.weight, m._state()
+        w, b = m.weight, m.feedback
         if not w.requires_grad or w not in group_of:
             continue
         if b not in group_of:

@@ -18,7 +18,9 @@ from detectron2.utils.events import JSONWriter
 from torch import nn
 
 import bio_detectron as bd
-from bio_detectron.engine import alignment as al
+from bio_detectron import alignment as al
+from bio_detectron import probe
+from bio_detectron.engine.alignment_hook import AlignmentHook, build_alignment_hook
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 
@@ -142,7 +144,7 @@ def test_probe_is_faithful_and_changes_nothing():
     calls = []  # a trainer's hook on the model (e.g. a loss check) must not see the probe
     model.register_forward_hook(lambda *args: calls.append(1))
 
-    grads = al.probe_gradients(model, (batch,))
+    grads = probe.probe_gradients(model, (batch,))
     assert calls == []
 
     # Everything as before: buffers, plain attributes, rules, mode, RNGs, no .grad.
@@ -184,7 +186,7 @@ def test_order_is_forward_order_and_unreached_layers_have_no_grad_angle():
     assert [without_probe[n]["order"] for n in ("out", "unused", "mid", "inp")] == [0, 1, 2, 3]
     metrics = al.alignment_metrics(model, (x,))
     assert [metrics[n]["order"] for n in ("inp", "mid", "out", "unused")] == [0, 1, 2, 3]
-    assert list(al.probe_gradients(model, (x,))) == ["inp", "out", "unused"]  # not the frozen
+    assert list(probe.probe_gradients(model, (x,))) == ["inp", "out", "unused"]  # not the frozen
     assert math.isnan(metrics["unused"]["grad_angle"]) and "grad_angle" not in metrics["mid"]
     assert metrics["out"]["grad_angle"] < 1e-3 and metrics["inp"]["grad_angle"] > 1
     scalars = al.alignment_scalars(metrics)
@@ -203,15 +205,15 @@ def test_order_is_forward_order_and_unreached_layers_have_no_grad_angle():
 def test_bad_inputs():
     model = _model("backprop")
     with pytest.raises(TypeError, match=r"args must be the tuple .* got a dict"):
-        al.probe_gradients(model, _batches(1)[0])
+        probe.probe_gradients(model, _batches(1)[0])
     with pytest.raises(TypeError, match="not a converted layer"):
         al.weight_angle(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"period=-1: must be an integer >= 0"):
-        al.AlignmentHook(-1, model)
+        AlignmentHook(-1, model)
     logits_model = nn.Sequential(bd.convert_model(nn.Linear(4, 3), "backprop"))
     with pytest.raises(ValueError, match=r"tensor of shape \(2, 3\), not a scalar loss"):
-        al.probe_gradients(logits_model, (torch.randn(2, 4),))
-    grads = al.probe_gradients(
+        probe.probe_gradients(logits_model, (torch.randn(2, 4),))
+    grads = probe.probe_gradients(
         logits_model, (torch.randn(2, 4),), loss_fn=lambda out: out.square().sum()
     )
     assert list(grads) == ["0"] and grads["0"][0].shape == (3, 4)
@@ -260,7 +262,7 @@ def test_hook_leaves_trajectory_unchanged_and_logs(tmp_path):
 
     def hooks(model):
         recorders.append(_Recorder(model))
-        return [al.AlignmentHook(1, model), recorders[-1]]
+        return [AlignmentHook(1, model), recorders[-1]]
 
     with_hook = _train("feedback_alignment", hooks, metrics_path=path)
     without = _train("feedback_alignment", lambda m: [])
@@ -299,19 +301,19 @@ def test_period_zero_and_between_logging_iterations_cost_nothing():
     cfg = get_cfg()
     add_bio_config(cfg)
     assert cfg.MODEL.BIO.ALIGNMENT.PERIOD == 0
-    assert al.build_alignment_hook(cfg, _model("backprop")) is None
+    assert build_alignment_hook(cfg, _model("backprop")) is None
     cfg.MODEL.BIO.ALIGNMENT.PERIOD = 3
-    assert al.build_alignment_hook(cfg).period == 3
+    assert build_alignment_hook(cfg).period == 3
     cfg.MODEL.BIO.ALIGNMENT.PERIOD = "2"
     with pytest.raises(ValueError, match=r"MODEL.BIO.ALIGNMENT.PERIOD='2'"):
-        al.build_alignment_hook(cfg)
+        build_alignment_hook(cfg)
 
     for period, expected in ((0, [0] * 6), (3, [0, 0, 1, 0, 0, 1])):
         recorders = []
 
         def hooks(model):
             recorders.append(_Recorder(model))
-            return [al.AlignmentHook(period), recorders[-1]]
+            return [AlignmentHook(period), recorders[-1]]
 
         _, _, storage = _train("sign_symmetry", hooks, iters=6)
         assert recorders[0].pre_hooks == expected
@@ -337,17 +339,17 @@ class _GradReader(HookBase):
 def test_hook_probe_replays_the_training_forward(monkeypatch):
     probed = []
 
-    def probe(*args, **kwargs):
+    def recording_probe(*args, **kwargs):
         probed.append(al_probe(*args, **kwargs))
         return probed[-1]
 
-    al_probe = al._probe
-    monkeypatch.setattr(al, "_probe", probe)
+    al_probe = probe._probe
+    monkeypatch.setattr(al, "_probe", recording_probe)
     readers = []
 
     def hooks(model):
         readers.append(_GradReader(model))
-        return [al.AlignmentHook(2, model), readers[-1]]
+        return [AlignmentHook(2, model), readers[-1]]
 
     _train("feedback_alignment", hooks, iters=4)
     assert len(probed) == 2 and len(readers[0].grads) == 4
@@ -359,7 +361,8 @@ def test_hook_probe_replays_the_training_forward(monkeypatch):
 
 
 class _OuterTrainer(TrainerBase):
-    """Like DefaultTrainer: keeps the hooks, delegates each step to an inner SimpleTrainer."""
+    """Like DefaultTrainer: keeps the hooks, delegates each step to an inner SimpleTrainer (whose
+    after_backward reaches only its own hooks), exposes the inner model and optimizer."""
 
     def __init__(self, inner):
         super().__init__()
@@ -369,17 +372,21 @@ class _OuterTrainer(TrainerBase):
     def model(self):
         return self._trainer.model
 
+    @property
+    def optimizer(self):
+        return self._trainer.optimizer
+
     def run_step(self):
         self._trainer.iter = self.iter
         self._trainer.run_step()
 
 
-def test_default_trainer_layout_relays_after_backward():
+def test_default_trainer_layout_probes_before_the_optimizer_step():
     def run(with_hook):
         model = _model("sign_symmetry")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         trainer = _OuterTrainer(SimpleTrainer(model, _batches(3), optimizer))
-        trainer.register_hooks([al.AlignmentHook(1)] if with_hook else [])
+        trainer.register_hooks([AlignmentHook(1)] if with_hook else [])
         torch.manual_seed(5)
         trainer.train(0, 3)
         return model, optimizer, trainer.storage
@@ -400,8 +407,8 @@ def test_ddp_single_process_trajectory_unchanged(tmp_path):
     )
     try:
         wrap = nn.parallel.DistributedDataParallel
-        hook = lambda model: [al.AlignmentHook(2, model)]  # noqa: E731
-        with_hook = _train("feedback_alignment", lambda m: [al.AlignmentHook(2)], wrap=wrap)
+        hook = lambda model: [AlignmentHook(2, model)]  # noqa: E731
+        with_hook = _train("feedback_alignment", lambda m: [AlignmentHook(2)], wrap=wrap)
         without = _train("feedback_alignment", lambda m: [], wrap=wrap)
         explicit = _train("feedback_alignment", hook, wrap=wrap)
         # Synchronised BatchNorm would all-reduce (and refuse CPU tensors) once a process group
@@ -412,9 +419,9 @@ def test_ddp_single_process_trajectory_unchanged(tmp_path):
         with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
             synced(batch)
         torch.manual_seed(0)
-        expected = al.probe_gradients(plain, (batch,))
+        expected = probe.probe_gradients(plain, (batch,))
         torch.manual_seed(0)
-        got = al.probe_gradients(synced, (batch,))
+        got = probe.probe_gradients(synced, (batch,))
         assert "forward" not in synced.bn1.__dict__
     finally:
         dist.destroy_process_group()

@@ -30,7 +30,6 @@ from bio_detectron.engine.classification import (
     CPUAMPClassificationTrainer,
     ClassificationTrainer,
     build_classification_trainer,
-    evaluate_checkpoint,
     resolve_schedule,
 )
 from bio_detectron.modeling.classification import AlexNet, build_classifier
@@ -277,7 +276,7 @@ def test_eval_only_known_accuracies(tmp_path):
         tmp_path / "out", str(tmp_path / "data"), "SOLVER.IMS_PER_BATCH", 4,
         "MODEL.WEIGHTS", str(tmp_path / "ranked.pth"),
     )  # fmt: skip
-    results = evaluate_checkpoint(cfg)
+    results = ClassificationTrainer.evaluate(cfg)
     assert results["val"]["top1"] == pytest.approx(100.0 * 1 / 10)
     assert results["val"]["top5"] == pytest.approx(100.0 * 8 / 10)
 
@@ -296,7 +295,7 @@ def test_checkpoint_of_another_architecture_is_an_error(tmp_path, shapes_root):
     cfg = make_cfg(out, shapes_root, "MODEL.WEIGHTS", path)
     pattern = r"model_final.pth.*does not fit ResNetClassifier.*missing keys.*stem.conv1"
     with pytest.raises(ValueError, match=pattern):
-        evaluate_checkpoint(cfg)
+        ClassificationTrainer.evaluate(cfg)
     trainer = ClassificationTrainer(make_cfg(out, shapes_root))
     with pytest.raises(ValueError, match=r"unexpected keys \['backbone.bottom_up.conv1.weight'"):
         trainer.resume_or_load(resume=True)  # OUTPUT_DIR's last checkpoint is AlexNet's

@@ -147,7 +147,7 @@ def test_rules_of_is_truthful_about_attention():
     model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
     assert bd.rules_of(model) == {"attn": "none", "attn.out_proj": "none", "fc": "feedback_alignment"}
     # A layer converted by hand inside an attention module still is not trained by its rule.
-    from bio_detectron.layers import convert_layer
+    from bio_detectron.convert import convert_layer
 
     convert_layer(model.attn.out_proj, "feedback_alignment")
     assert bd.rules_of(model)["attn.out_proj"] == "none"

@@ -254,6 +254,57 @@ def test_scale_as_a_number_from_command_line_and_file(value, tmp_path):
         instant_cfg("MODEL.BIO.SEED", 0.5)
 
 
+def test_scale_numbers_leave_yacs_and_other_configs_alone():
+    import pickle
+
+    import yacs.config
+
+    check = yacs.config._check_and_coerce_cfg_value_type
+    cfg = instant_cfg("MODEL.BIO.SCALE", "mean_abs")
+    assert yacs.config._check_and_coerce_cfg_value_type is check  # yacs's own function
+    assert check.__module__ == "yacs.config"
+    assert type(cfg) is type(get_cfg())  # the config keeps its class
+    # Copies and pickles keep taking numbers, each merging into itself.
+    for other in (cfg.clone(), pickle.loads(pickle.dumps(cfg))):
+        other.merge_from_list(["MODEL.BIO.SCALE", "0.5"])
+        assert other.MODEL.BIO.SCALE == "0.5" and cfg.MODEL.BIO.SCALE == "mean_abs"
+    # A config without add_bio_config keeps yacs's rules for a string key.
+    plain = get_cfg()
+    with pytest.raises(ValueError, match="Type mismatch"):
+        plain.merge_from_list(["MODEL.META_ARCHITECTURE", "0.5"])
+
+
+def test_bio_trainer_sets_what_default_trainer_sets(tmp_path):
+    """BioTrainer.__init__ does DefaultTrainer.__init__'s work itself (to pick its own DDP wrapper
+    and step class): it must set every attribute detectron2's sets, and hold the same pieces in
+    the inner trainer that DefaultTrainer's run_step, state_dict and properties read."""
+    from detectron2.engine import DefaultTrainer, SimpleTrainer
+
+    from bio_detectron.engine import BioTrainer
+
+    cfg = instant_cfg(
+        "SOLVER.MAX_ITER", 1, "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", (),
+        "MODEL.BIO.ALIGNMENT.PERIOD", 0, "SOLVER.AMP.ENABLED", False,
+    )  # fmt: skip
+    stock, bio = DefaultTrainer(cfg), BioTrainer(cfg)
+    assert set(vars(stock)) <= set(vars(bio))
+    assert type(bio._trainer) is type(stock._trainer) is SimpleTrainer
+    assert bio._trainer.model is bio.model and bio._trainer.optimizer is bio.optimizer
+    assert bio._trainer.data_loader is bio.data_loader
+
+
+def test_default_trainer_writes_every_20_iterations(tmp_path):
+    """BioTrainer.WRITER_PERIOD is DefaultTrainer.build_hooks's literal writer period."""
+    from detectron2.engine import DefaultTrainer
+    from detectron2.engine.hooks import PeriodicWriter
+
+    from bio_detectron.engine import BioTrainer
+
+    cfg = instant_cfg("SOLVER.MAX_ITER", 1, "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", ())
+    writers = [h for h in DefaultTrainer(cfg)._hooks if isinstance(h, PeriodicWriter)]
+    assert [w._period for w in writers] == [BioTrainer.WRITER_PERIOD]
+
+
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_amp_on_cpu_trains_in_bfloat16_where_native(native_bf16, tmp_path, monkeypatch, caplog):
     import logging
@@ -270,11 +321,7 @@ def test_amp_on_cpu_trains_in_bfloat16_where_native(native_bf16, tmp_path, monke
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="bio_detectron.engine.amp"):
         trainer = BioTrainer(cfg)
-    inner = trainer._trainer
-    # DefaultTrainer keeps model, loader and optimizer in its inner trainer: BioTrainer replaces
-    # that trainer with one of the same pieces.
-    assert inner.model is trainer.model and inner.optimizer is trainer.optimizer
-    assert inner.data_loader is trainer.data_loader
+    inner = trainer._trainer  # the step class BioTrainer chose for the precision
     conv = trainer.model.head.cls_subnet[0]
     dtypes = []
     conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype) if m.training else None)

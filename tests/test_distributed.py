@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 INSTANT = os.path.join(REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml")
 CLASSIFIER = os.path.join(REPO, "configs/ImageNet/resnet18_sign_symmetry.yaml")
 
-STATEFUL = sorted(name for name, cls in RULE_REGISTRY if cls.state_kind is not None)
+STATEFUL = sorted(name for name, cls in RULE_REGISTRY if cls.feedback_kind is not None)
 SCALES = ("kaiming", "mean_abs")
 # Train few iterations, skip evaluation (no test set) and the probe: only agreement is checked.
 COMMON = [
@@ -46,8 +46,10 @@ def _train(case, output_dir):
     from detectron2.engine import DefaultTrainer, default_argument_parser
     from torch.nn.parallel import DistributedDataParallel
 
+    from detectron2.engine import defaults
+
     from bio_detectron.engine import BioTrainer
-    from bio_detectron.engine.ddp import cpu_safe_ddp
+    from bio_detectron.engine.ddp import create_ddp_model
 
     kind, opts = case["kind"], case["opts"] + ["OUTPUT_DIR", output_dir]
     if kind == "classification":
@@ -62,8 +64,14 @@ def _train(case, output_dir):
         args = default_argument_parser().parse_args(["--config-file", INSTANT, *opts])
         cfg = train_net.setup(args)
         if kind == "stock_trainer":  # BioPlausible in detectron2's own DefaultTrainer
-            with cpu_safe_ddp():
+            # Stock DefaultTrainer passes device_ids to DDP, which CPU modules refuse: for this
+            # CPU test only, its module-level create_ddp_model is ours while it is built.
+            stock_create_ddp_model = defaults.create_ddp_model
+            defaults.create_ddp_model = create_ddp_model
+            try:
                 trainer = DefaultTrainer(cfg)
+            finally:
+                defaults.create_ddp_model = stock_create_ddp_model
         else:
             trainer = BioTrainer(cfg)
     trainer.resume_or_load(resume=False)

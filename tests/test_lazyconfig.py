@@ -591,7 +591,7 @@ def test_two_process_cpu_launch_keeps_parameters_and_feedback_in_step(tmp_path):
 
 
 def test_weight_mirror_hook_from_train_bio_mirror(tmp_path):
-    from bio_detectron.engine.mirror import WeightMirrorHook
+    from bio_detectron.engine.mirror_hook import WeightMirrorHook
 
     def trainer_of(rule, mirror):
         cfg = load_lazy_config(

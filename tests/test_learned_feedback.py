@@ -14,7 +14,7 @@ from torch import nn
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config
 from bio_detectron.engine import alignment as al
-from bio_detectron.engine.mirror import (
+from bio_detectron.engine.mirror_hook import (
     DEFAULTS,
     WeightMirrorHook,
     build_weight_mirror_hook,
@@ -278,7 +278,7 @@ def test_mirror_hook_changes_only_b_bitwise():
 def test_mirror_hook_steps_when_due_and_only_then(monkeypatch):
     steps = []
     monkeypatch.setattr(
-        "bio_detectron.engine.mirror.mirror_step",
+        "bio_detectron.engine.mirror_hook.mirror_step",
         lambda layer, shape, *, step, name, **kw: steps.append((name, shape, step)),
     )
     _train(_net("weight_mirror"), [WeightMirrorHook(3, initial_steps=2)], iters=7)

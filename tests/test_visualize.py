@@ -1,4 +1,4 @@
-"""tools/visualize.py and bio_detectron.engine.visualize: panels per model and ground truth, their
+"""tools/visualize.py and bio_detectron.visualize: panels per model and ground truth, their
 layout, predictions, errors."""
 
 import os
@@ -17,7 +17,9 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from bio_detectron import add_bio_config
-from bio_detectron.engine import BioTrainer, visualize
+from bio_detectron import visualize
+from bio_detectron.engine import BioTrainer
+from bio_detectron.visualize import detections, drawing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(
@@ -176,7 +178,7 @@ def test_input_files_with_config_options_after_them(weights, tmp_path):
 def test_config_options_apply_to_every_model(weights, tmp_path, monkeypatch):
     seen = []
     build = visualize.load_model
-    monkeypatch.setattr(visualize, "load_model", lambda cfg, w: seen.append(cfg) or build(cfg, w))
+    monkeypatch.setattr(detections, "load_model", lambda cfg, w: seen.append(cfg) or build(cfg, w))
     run(
         f"--config-file {INSTANT} --weights {weights[0]} --config-file {INSTANT} --weights "
         f"{weights[1]} --dataset shapes_val_mini --num 1 --output {tmp_path} "
@@ -194,7 +196,7 @@ def test_config_options_apply_to_every_model(weights, tmp_path, monkeypatch):
 
 def test_figure_for_the_demo(weights, tmp_path, monkeypatch):
     titles, title_band = [], visualize.title_band
-    monkeypatch.setattr(visualize, "title_band", lambda t, w: titles.append(t) or title_band(t, w))
+    monkeypatch.setattr(drawing, "title_band", lambda t, w: titles.append(t) or title_band(t, w))
     grid = str(tmp_path / "figures" / "detections_a_vs_b.png")
     models = [(INSTANT, weights[0]), (INSTANT, weights[1])]
     output = str(tmp_path / "o")

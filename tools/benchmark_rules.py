@@ -50,7 +50,7 @@ import torch
 import torchvision
 
 import bio_detectron as bd
-from bio_detectron.engine.mirror import DEFAULTS as MIRROR
+from bio_detectron.mirror import MIRROR_DEFAULTS as MIRROR
 from bio_detectron.mirror import InputShapes, mirror_layers, mirror_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bio_detectron  # noqa: F401  (registers the datasets)
-from bio_detectron.engine.lazy import do_train, evaluate_lazy_checkpoint, load_lazy_config
+from bio_detectron.engine.lazy import LazyTrainer, do_train, load_lazy_config
 
 
 def setup(args):
@@ -34,7 +34,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        return evaluate_lazy_checkpoint(cfg, resume=args.resume)
+        return LazyTrainer.evaluate(cfg, resume=args.resume)
     return do_train(cfg, resume=args.resume)
 
 

@@ -18,7 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from bio_detectron.config import add_bio_config, add_classification_config, fall_back_to_cpu
-from bio_detectron.engine.classification import build_classification_trainer, evaluate_checkpoint
+from bio_detectron.engine.classification import ClassificationTrainer, build_classification_trainer
 
 
 def setup(args):
@@ -37,7 +37,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        return evaluate_checkpoint(cfg, resume=args.resume)
+        return ClassificationTrainer.evaluate(cfg, resume=args.resume)
     trainer = build_classification_trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -7,7 +7,6 @@ Train and evaluate detectron2 models with biologically-plausible learning rules.
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -33,11 +32,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = BioTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return BioTrainer.test(cfg, model)
+        return BioTrainer.evaluate(cfg, resume=args.resume)
     trainer = BioTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -12,7 +12,7 @@ its label (its ``MODEL.BIO.RULE`` unless ``--labels``), after a "ground truth" p
 titled once. Trailing ``KEY VALUE`` config options apply to every model. ``--dataset`` takes the
 first N images of a registered dataset (its metadata names the classes); ``--input`` takes image
 files (classes from the first config's ``DATASETS.TEST[0]``). The drawing is
-``bio_detectron.engine.visualize`` (``draw_detections``; ``figure`` for tools/demo.py).
+``bio_detectron.visualize`` (``draw_detections``; ``figure`` for tools/demo.py).
 """
 
 import argparse
@@ -20,7 +20,7 @@ import os
 import re
 
 import bio_detectron  # noqa: F401  (registers backbones, heads, meta-architectures, datasets)
-from bio_detectron.engine.visualize import VisualizeError, draw_detections
+from bio_detectron.visualize import VisualizeError, draw_detections
 
 # A config key such as MODEL.DEVICE: where --input's file list ends and the config options begin.
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")

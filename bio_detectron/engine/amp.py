@@ -15,12 +15,18 @@ outside the autocast region, in float32.
 
 import logging
 import time
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
-from detectron2.engine.train_loop import SimpleTrainer
+from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 
-__all__ = ["CPUAutocastTrainer", "amp_precision", "cpu_has_native_bfloat16"]
+__all__ = [
+    "CPUAutocastTrainer",
+    "amp_precision",
+    "cpu_has_native_bfloat16",
+    "precision_trainer_class",
+    "with_precision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +93,45 @@ class CPUAutocastTrainer(SimpleTrainer):
         else:
             self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
+
+
+# (trainer class, precision) -> the class combining them, made once so that its identity is stable.
+_COMBINED: Dict[Tuple[type, Optional[torch.dtype]], type] = {}
+# The step of each precision: float16 with a gradient scaler (CUDA), bfloat16 autocast (CPU).
+_STEPS = {None: SimpleTrainer, torch.float16: AMPTrainer, torch.bfloat16: CPUAutocastTrainer}
+_PREFIXES = {None: "", torch.float16: "AMP", torch.bfloat16: "CPUAMP"}
+
+
+def with_precision(base: type, precision: Optional[torch.dtype]) -> type:
+    """
+    Args:
+        base: SimpleTrainer or a subclass of it (a trainer whose ``run_step`` is SimpleTrainer's).
+        precision: what :func:`amp_precision` returned.
+
+    Returns:
+        type: ``base`` itself for full precision; else a subclass of ``base`` whose step is
+        detectron2's AMPTrainer's (float16) or :class:`CPUAutocastTrainer`'s (bfloat16), e.g.
+        ``AMPClassificationTrainer`` for the classification trainer.
+    """
+    step = _STEPS[precision]
+    if issubclass(base, step):
+        return base
+    if issubclass(step, base):
+        return step
+    key = (base, precision)
+    if key not in _COMBINED:
+        name = _PREFIXES[precision] + base.__name__
+        _COMBINED[key] = type(name, (base, step), {"__module__": base.__module__})
+    return _COMBINED[key]
+
+
+def precision_trainer_class(base: type, enabled: bool, device, key: str) -> type:
+    """
+    The one precision choice of the three trainers: ``with_precision(base, amp_precision(...))``.
+
+    Args:
+        base: the trainer class for full precision (SimpleTrainer or a subclass).
+        enabled, device, key: the config's AMP switch, the device and the switch's key (see
+            :func:`amp_precision`).
+    """
+    return with_precision(base, amp_precision(enabled, device, key))

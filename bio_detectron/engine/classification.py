@@ -8,6 +8,7 @@ Its checkpoints hold the ResNet under the names a detectron2 RetinaNet/FPN gives
 
 import logging
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from typing import Dict, Sequence
@@ -16,7 +17,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from detectron2.engine.defaults import default_writers
-from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
+from detectron2.engine.train_loop import SimpleTrainer
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
 from torch import nn
@@ -30,10 +31,9 @@ from ..data.imagenet import (
 )
 from ..modeling.classification import build_classifier
 from ..solver import build_bio_optimizer
-from .amp import CPUAutocastTrainer, amp_precision
+from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model, sync_batchnorm_if_distributed
-from .hooks import FiniteLossCheck
-from .mirror import build_weight_mirror_hook
+from .hooks import add_bio_hooks_from_cfg
 
 __all__ = [
     "ClassificationCheckpointer",
@@ -219,7 +219,6 @@ class ClassificationTrainer(SimpleTrainer):
         self.iters_per_epoch = data_loader.iters_per_epoch
         self._last_eval_results = None
         self.register_hooks(self.build_hooks())
-        self.model.register_forward_hook(FiniteLossCheck(self))
 
     @classmethod
     def build_model(cls, cfg, num_classes: int) -> nn.Module:
@@ -245,26 +244,43 @@ class ClassificationTrainer(SimpleTrainer):
             )
         return results
 
+    # Metrics are written every this many iterations.
+    WRITER_PERIOD = 20
+
+    @classmethod
+    def evaluate(cls, cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
+        """
+        ``--eval-only``: build the classifier for the val split, load ``MODEL.WEIGHTS`` (or,
+        with ``resume``, the last checkpoint of OUTPUT_DIR) strictly, and evaluate it.
+
+        Returns:
+            dict: {"val": {"top1": %, "top5": %}}.
+        """
+        val_set = build_classification_dataset(cfg, "val")
+        model = cls.build_model(cfg, num_classes_from_cfg(cfg, val_set.classes))
+        checkpointer = ClassificationCheckpointer(model, cfg.OUTPUT_DIR)
+        if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
+            raise ValueError(
+                "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint in "
+                f"OUTPUT_DIR={cfg.OUTPUT_DIR!r})"
+            )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        return cls.test(cfg, model, val_set)
+
     def build_hooks(self):
         """
         Returns:
-            list[HookBase]: in order: timer, LR schedule, the weight mirror (MODEL.BIO.MIRROR,
-            when the model has weight_mirror layers), checkpoints (main process), the
-            alignment metrics when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0, evaluation, writers (main
-            process; last, so that they write the evaluation results of the same iteration).
+            list[HookBase]: in order: the non-finite-loss stop, timer, LR schedule, the weight
+            mirror (MODEL.BIO.MIRROR, when the model has weight_mirror layers), checkpoints (main
+            process), evaluation, the alignment metrics when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0,
+            writers (main process; last, so that they write the evaluation and alignment results
+            of the same iteration). The bio hooks come from
+            :func:`~bio_detectron.engine.hooks.add_bio_hooks`, as in the other trainers.
         """
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler(self.optimizer, self.scheduler)]
-        # The weight mirror (None without weight_mirror layers), before the checkpointer.
-        ret.append(build_weight_mirror_hook(cfg, self.unwrapped_model))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-
-        # --- Alignment metrics (bio_detectron/engine/alignment.py), only when asked for. ---
-        if cfg.MODEL.BIO.ALIGNMENT.PERIOD > 0:
-            from .alignment import AlignmentHook
-
-            ret.append(AlignmentHook(cfg.MODEL.BIO.ALIGNMENT.PERIOD, self.unwrapped_model))
 
         def test_and_save_results():
             self._last_eval_results = self.test(
@@ -275,8 +291,10 @@ class ClassificationTrainer(SimpleTrainer):
         period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else self.iters_per_epoch
         ret.append(hooks.EvalHook(period, test_and_save_results))
         if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
-        return ret
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.WRITER_PERIOD))
+        return add_bio_hooks_from_cfg(
+            ret, self.unwrapped_model, cfg, writer_period=self.WRITER_PERIOD
+        )
 
     def build_writers(self):
         """Console line (losses, lr, images/s, ETA), ``metrics.json`` and TensorBoard."""
@@ -311,43 +329,27 @@ class ClassificationTrainer(SimpleTrainer):
             self.storage.put_scalar("data/skipped_images", self.train_set.num_skipped)
 
 
-class AMPClassificationTrainer(ClassificationTrainer, AMPTrainer):
-    """:class:`ClassificationTrainer` with detectron2's AMPTrainer step (float16, grad scaler)."""
-
-
-class CPUAMPClassificationTrainer(ClassificationTrainer, CPUAutocastTrainer):
-    """:class:`ClassificationTrainer` with the forward under CPU bfloat16 autocast."""
+# The classification trainer with detectron2's AMPTrainer step (float16, grad scaler), and with the
+# forward under CPU bfloat16 autocast.
+AMPClassificationTrainer = with_precision(ClassificationTrainer, torch.float16)
+CPUAMPClassificationTrainer = with_precision(ClassificationTrainer, torch.bfloat16)
 
 
 def build_classification_trainer(cfg) -> ClassificationTrainer:
     """
     The trainer for ``cfg``: with mixed precision when ``SOLVER.AMP.ENABLED``: float16 on CUDA,
     bfloat16 on a CPU with native bfloat16, else full precision with a warning
-    (:func:`~.amp.amp_precision`).
+    (:func:`~.amp.precision_trainer_class`).
     """
-    precision = amp_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED")
-    if precision == torch.float16:
-        return AMPClassificationTrainer(cfg)
-    if precision == torch.bfloat16:
-        return CPUAMPClassificationTrainer(cfg)
-    return ClassificationTrainer(cfg)
+    trainer = precision_trainer_class(
+        ClassificationTrainer, cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED"
+    )
+    return trainer(cfg)
 
 
 def evaluate_checkpoint(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
-    """
-    ``--eval-only``: build the classifier for the val split, load ``MODEL.WEIGHTS`` (or, with
-    ``resume``, the last checkpoint of OUTPUT_DIR) strictly, and evaluate it.
-
-    Returns:
-        dict: {"val": {"top1": %, "top5": %}}.
-    """
-    val_set = build_classification_dataset(cfg, "val")
-    model = ClassificationTrainer.build_model(cfg, num_classes_from_cfg(cfg, val_set.classes))
-    checkpointer = ClassificationCheckpointer(model, cfg.OUTPUT_DIR)
-    if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
-        raise ValueError(
-            "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint in "
-            f"OUTPUT_DIR={cfg.OUTPUT_DIR!r})"
-        )
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-    return ClassificationTrainer.test(cfg, model, val_set)
+    """Deprecated name of :meth:`ClassificationTrainer.evaluate`."""
+    warnings.warn(
+        "evaluate_checkpoint is ClassificationTrainer.evaluate now", DeprecationWarning, stacklevel=2
+    )
+    return ClassificationTrainer.evaluate(cfg, resume=resume)

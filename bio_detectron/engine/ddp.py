@@ -1,7 +1,5 @@
 """DistributedDataParallel that also works for CPU processes (gloo)."""
 
-import contextlib
-
 import torch
 from detectron2.utils import comm
 from torch import nn
@@ -9,9 +7,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "create_ddp_model",
-    "cpu_safe_ddp",
     "all_ranks_true",
     "sync_batchnorm_if_distributed",
+    "unwrap_model",
 ]
 
 
@@ -34,19 +32,6 @@ def create_ddp_model(model, *, fp16_compression=False, **kwargs):
     return ddp
 
 
-@contextlib.contextmanager
-def cpu_safe_ddp():
-    """Within the block, detectron2's DefaultTrainer wraps models with :func:`create_ddp_model`."""
-    from detectron2.engine import defaults
-
-    original = defaults.create_ddp_model
-    defaults.create_ddp_model = create_ddp_model
-    try:
-        yield
-    finally:
-        defaults.create_ddp_model = original
-
-
 def all_ranks_true(flag: bool, device) -> bool:
     """True if ``flag`` is true on every process (a no-op with one process)."""
     if comm.get_world_size() == 1:
@@ -67,4 +52,11 @@ def sync_batchnorm_if_distributed(model, cfg):
         and torch.device(cfg.MODEL.DEVICE).type == "cuda"
     ):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside any DistributedDataParallel / DataParallel wrappers of ``model``."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     return model

@@ -1,13 +1,27 @@
-"""Checks on the training loop shared by the detection and classification trainers."""
+"""
+The hooks bio_detectron adds to a training loop, assembled by one function for all three trainers
+(:func:`add_bio_hooks`): the stop on a non-finite loss, the weight mirror of ``weight_mirror``
+layers and the alignment metrics.
+"""
 
 import math
+import numbers
 import weakref
+from typing import List, Mapping, Optional
 
 import torch
+from detectron2.engine import hooks as d2_hooks
+from detectron2.engine.train_loop import HookBase
 
 from .ddp import all_ranks_true
 
-__all__ = ["FiniteLossCheck", "YACS_ADVICE"]
+__all__ = [
+    "FiniteLossCheck",
+    "YACS_ADVICE",
+    "add_bio_hooks",
+    "add_bio_hooks_from_cfg",
+    "nonnegative_int",
+]
 
 # What to try after a divergence, in the keys of a yacs config (MODEL.BIO).
 YACS_ADVICE = (
@@ -16,23 +30,46 @@ YACS_ADVICE = (
 )
 
 
-class FiniteLossCheck:
+def nonnegative_int(value, key: str) -> int:
     """
-    A forward hook for the model the training loop calls: a non-finite loss stops the run before
-    the backward pass and the optimizer step, so weights stay finite and no checkpoint written so
-    far is touched. All processes agree on the verdict, so none of them waits forever in the next
-    gradient all-reduce.
+    ``value`` as an int; a ValueError naming ``key`` when it is not an integer >= 0 (a period,
+    a count: 0 turns the thing off).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{key}={value!r}: must be an integer >= 0 (0 turns it off)")
+    return int(value)
+
+
+class FiniteLossCheck(HookBase):
+    """
+    Stops training before the backward pass and the optimizer step when a loss becomes
+    non-finite, so weights stay finite and no checkpoint written so far is touched. All processes
+    agree on the verdict, so none of them waits forever in the next gradient all-reduce.
+
+    Registered as a trainer hook, it puts itself on the trainer's ``model`` as a forward hook
+    before training; it is also that forward hook (``model.register_forward_hook(check)``) for a
+    loop of one's own.
     """
 
-    def __init__(self, trainer, advice: str = YACS_ADVICE):
+    def __init__(self, trainer=None, advice: str = YACS_ADVICE):
         """
         Args:
-            trainer: has ``iter`` and ``checkpointer``; register the check with
-                ``trainer.model.register_forward_hook(FiniteLossCheck(trainer))``.
+            trainer: has ``iter`` and ``checkpointer``; given when the check is used as a plain
+                forward hook, set by ``register_hooks`` otherwise.
             advice: the end of the message: what to change, in the keys of the trainer's config.
         """
-        self.trainer = weakref.proxy(trainer)
+        if trainer is not None:
+            self.trainer = weakref.proxy(trainer)
         self.advice = advice
+        self._handle = None
+
+    def before_train(self):
+        self._handle = self.trainer.model.register_forward_hook(self)
+
+    def after_train(self):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     def __call__(self, module, inputs, loss_dict):
         if not module.training:  # evaluation hooks call the trainer's model too
@@ -43,9 +80,90 @@ class FiniteLossCheck:
             return
         bad = {k: float(v.detach().float().sum()) for k, v in losses.items()}
         bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
-        checkpoint = self.trainer.checkpointer.get_checkpoint_file() or "none written yet"
+        checkpointer = getattr(self.trainer, "checkpointer", None)
+        checkpoint = (checkpointer and checkpointer.get_checkpoint_file()) or "none written yet"
         raise FloatingPointError(
             f"Loss became non-finite at iteration {self.trainer.iter} "
             f"({bad or 'on another process'}); training stopped before the optimizer step. "
             f"The last checkpoint ({checkpoint}) is intact. {self.advice}"
         )
+
+
+def add_bio_hooks(
+    hooks: List[Optional[HookBase]],
+    model,
+    *,
+    alignment_period: int,
+    mirror_options: Mapping,
+    seed: int = 0,
+    writer_period: Optional[int] = None,
+    advice: str = YACS_ADVICE,
+    keys: Optional[Mapping[str, str]] = None,
+) -> List[Optional[HookBase]]:
+    """
+    The one place where the detection, classification and lazy trainers get bio_detectron's
+    hooks: ``hooks`` (a trainer's list, in detectron2's order) with
+
+    * :class:`FiniteLossCheck` first;
+    * the weight mirror (:class:`~.mirror_hook.WeightMirrorHook`, when the model has
+      ``weight_mirror`` layers) right before the ``PeriodicCheckpointer`` (after the LR scheduler
+      when there is none), so that a checkpoint holds B after its iteration's mirror step;
+    * the alignment metrics (:class:`~.alignment_hook.AlignmentHook`, when ``alignment_period``
+      > 0) right before the ``PeriodicWriter`` (last when there is none), so that the writer
+      writes them in the same iteration.
+
+    Args:
+        hooks: the trainer's hooks; None entries are kept (``register_hooks`` skips them).
+        model: the model trained (DDP-wrapped or not).
+        alignment_period: ``MODEL.BIO.ALIGNMENT.PERIOD`` or ``train.bio_alignment_period``.
+        mirror_options: the weight mirror's options (see ``mirror.MIRROR_DEFAULTS``).
+        seed: the run's rule seed, for the mirror's noise.
+        writer_period: the period of the trainer's writers (for the alignment hook's check).
+        advice: the end of a non-finite-loss message, in the keys of the trainer's config.
+        keys: how errors name the options: "alignment_period", "mirror" (the mirror's options as
+            a whole) and the mirror's option names -> config keys.
+
+    Returns:
+        list: a new list.
+    """
+    from .alignment_hook import AlignmentHook  # the hooks import this module's helpers
+    from .mirror_hook import build_mirror_hook
+
+    keys = dict(keys or {})
+    period = nonnegative_int(alignment_period, keys.get("alignment_period", "alignment_period"))
+    where = keys.get("mirror", "the weight mirror's options")
+    mirror = build_mirror_hook(model, mirror_options, seed=seed, keys=keys, where=where)
+    alignment = AlignmentHook(period, model, writer_period=writer_period) if period else None
+
+    out = [FiniteLossCheck(advice=advice)] + list(hooks)
+    if mirror is not None:
+        kinds = [type(h) for h in out]
+        if d2_hooks.PeriodicCheckpointer in kinds:
+            at = kinds.index(d2_hooks.PeriodicCheckpointer)
+        elif d2_hooks.LRScheduler in kinds:
+            at = kinds.index(d2_hooks.LRScheduler) + 1
+        else:
+            at = len(out)
+        out.insert(at, mirror)
+    if alignment is not None:
+        writers = [i for i, h in enumerate(out) if isinstance(h, d2_hooks.PeriodicWriter)]
+        out.insert(writers[0] if writers else len(out), alignment)
+    return out
+
+
+def add_bio_hooks_from_cfg(hooks, model, cfg, writer_period: Optional[int] = None):
+    """
+    :func:`add_bio_hooks` with the keys of a yacs config: ``MODEL.BIO.ALIGNMENT.PERIOD``,
+    ``MODEL.BIO.MIRROR.*`` and ``MODEL.BIO.SEED`` (the detection and classification trainers).
+    """
+    from .mirror_hook import MIRROR_CFG_KEYS, mirror_options
+
+    return add_bio_hooks(
+        hooks,
+        model,
+        alignment_period=cfg.MODEL.BIO.ALIGNMENT.PERIOD,
+        mirror_options=mirror_options(cfg),
+        seed=cfg.MODEL.BIO.SEED,
+        writer_period=writer_period,
+        keys={"alignment_period": "MODEL.BIO.ALIGNMENT.PERIOD", **MIRROR_CFG_KEYS},
+    )

@@ -23,6 +23,7 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
 """
 
 import logging
+import warnings
 import weakref
 from collections import OrderedDict
 from typing import Optional
@@ -30,19 +31,17 @@ from typing import Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from torch import nn
 
 from ..config import device_or_cpu
 from ..data import ensure_dataset_files
-from .alignment import AlignmentHook
-from .amp import CPUAutocastTrainer, amp_precision
-from .mirror import DEFAULTS as MIRROR_DEFAULTS
-from .mirror import build_mirror_hook
+from ..mirror import MIRROR_DEFAULTS
+from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model
-from .hooks import FiniteLossCheck
+from .hooks import add_bio_hooks, nonnegative_int
 
 __all__ = [
     "ALIGNMENT_PERIOD_KEY",
@@ -87,27 +86,9 @@ def load_lazy_config(path: str, opts=()):
     return cfg
 
 
-def mirror_hook(cfg, model):
-    """
-    The weight mirror of the ``weight_mirror`` rule: ``train.bio_mirror`` (a dict of
-    :data:`bio_detectron.engine.mirror.DEFAULTS`' options: period, std, lr, decay, noise_batch,
-    samples_per_input, initial_steps; absent ones take their default) and the seed of the
-    ``bio_plausible`` model (``model.seed``). None when the model has no weight_mirror layer.
-    """
-    options = dict(cfg.train.get("bio_mirror", None) or {})
-    keys = {k: f"{MIRROR_KEY}.{k}" for k in MIRROR_DEFAULTS}
-    seed = cfg.model.get("seed", 0) if hasattr(cfg.model, "get") else 0
-    return build_mirror_hook(model, options, seed=seed, keys=keys, where=MIRROR_KEY)
-
-
 def alignment_period(cfg) -> int:
     """``train.bio_alignment_period``, checked; 0 when absent."""
-    period = cfg.train.get("bio_alignment_period", 0)
-    if isinstance(period, bool) or not isinstance(period, int) or period < 0:
-        raise ValueError(
-            f"{ALIGNMENT_PERIOD_KEY}={period!r}: must be an integer >= 0 (0 turns it off)"
-        )
-    return period
+    return nonnegative_int(cfg.train.get("bio_alignment_period", 0), ALIGNMENT_PERIOD_KEY)
 
 
 def build_lazy_model(cfg) -> nn.Module:
@@ -115,29 +96,6 @@ def build_lazy_model(cfg) -> nn.Module:
     model = instantiate(cfg.model)
     logger.info(f"Model:\n{model}")
     return model.to(cfg.train.device)
-
-
-def do_test(cfg, model: nn.Module) -> Optional[OrderedDict]:
-    """
-    Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
-
-    Returns:
-        OrderedDict or None: the evaluator's results (e.g. {"bbox": {"AP": ...}}) on the main
-        process, {} on the others; None, with a warning, when the config has no evaluator.
-    """
-    if "evaluator" not in cfg.dataloader:
-        logger.warning("The config has no dataloader.evaluator: nothing is evaluated.")
-        return None
-    # COCOEvaluator opens the dataset's json in its constructor: generate embedded datasets first.
-    names = cfg.dataloader.evaluator.get("dataset_name")
-    for name in [names] if isinstance(names, str) else list(names or ()):
-        ensure_dataset_files(name)
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-    )
-    if comm.is_main_process():
-        print_csv_format(results)
-    return results
 
 
 class LazyTrainer(SimpleTrainer):
@@ -170,47 +128,88 @@ class LazyTrainer(SimpleTrainer):
         self.start_iter, self.max_iter = 0, cfg.train.max_iter
         self._last_eval_results = None
         self.register_hooks(self.build_hooks())
-        self.model.register_forward_hook(FiniteLossCheck(self, advice=LAZY_ADVICE))
+
+    @classmethod
+    def test(cls, cfg, model: nn.Module) -> Optional[OrderedDict]:
+        """
+        Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
+
+        Returns:
+            OrderedDict or None: the evaluator's results (e.g. {"bbox": {"AP": ...}}) on the main
+            process, {} on the others; None, with a warning, when the config has no evaluator.
+        """
+        if "evaluator" not in cfg.dataloader:
+            logger.warning("The config has no dataloader.evaluator: nothing is evaluated.")
+            return None
+        # COCOEvaluator opens the dataset's json in its constructor: make embedded datasets first.
+        names = cfg.dataloader.evaluator.get("dataset_name")
+        for name in [names] if isinstance(names, str) else list(names or ()):
+            ensure_dataset_files(name)
+        results = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
+        if comm.is_main_process():
+            print_csv_format(results)
+        return results
+
+    @classmethod
+    def evaluate(cls, cfg, resume: bool = False) -> Optional[OrderedDict]:
+        """
+        ``--eval-only``: build the model, load ``train.init_checkpoint`` (or, with ``resume``, the
+        last checkpoint of ``train.output_dir``) and evaluate it with :meth:`test`.
+        """
+        model = build_lazy_model(cfg)
+        checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
+        if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
+            raise ValueError(
+                "--eval-only needs weights: set train.init_checkpoint=<file> (or use --resume with "
+                f"a checkpoint in train.output_dir={cfg.train.output_dir!r})"
+            )
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+        return cls.test(cfg, model)
 
     def build_hooks(self):
         """
         Returns:
-            list[HookBase or None]: timer, LR schedule, checkpoints (main process), evaluation,
-            alignment metrics (when on), writers (main process; last, so that they write the
-            evaluation and alignment results of the same iteration).
+            list[HookBase or None]: the non-finite-loss stop, timer, LR schedule, the weight mirror
+            (``train.bio_mirror``, when the model has weight_mirror layers), checkpoints (main
+            process), evaluation, alignment metrics (when on), writers (main process; last, so
+            that they write the evaluation and alignment results of the same iteration). The bio
+            hooks come from :func:`~bio_detectron.engine.hooks.add_bio_hooks`, as in the other
+            trainers.
         """
         cfg = self.cfg
         main = comm.is_main_process()
-        period = alignment_period(cfg)
 
         def test_and_save_results():
             # The unwrapped model: a DDP wrapper's buffer broadcast (train.ddp.broadcast_buffers)
             # would wait for processes with fewer test batches.
-            self._last_eval_results = do_test(cfg, self.unwrapped_model)
+            self._last_eval_results = self.test(cfg, self.unwrapped_model)
             return self._last_eval_results
 
-        return [
+        writer = hooks.PeriodicWriter(
+            default_writers(cfg.train.output_dir, self.max_iter), period=cfg.train.log_period
+        )
+        checkpointer = hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
+        stock = [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            # Before the checkpointer, so that a checkpoint holds B after its iteration's mirror
-            # step; None without weight_mirror layers.
-            mirror_hook(cfg, self.model),
-            (
-                hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
-                if main
-                else None
-            ),
+            checkpointer if main else None,
             hooks.EvalHook(cfg.train.eval_period, test_and_save_results),
-            AlignmentHook(period, self.unwrapped_model) if period > 0 else None,
-            (
-                hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, self.max_iter),
-                    period=cfg.train.log_period,
-                )
-                if main
-                else None
-            ),
+            writer if main else None,
         ]
+        keys = {k: f"{MIRROR_KEY}.{k}" for k in MIRROR_DEFAULTS}
+        keys.update(alignment_period=ALIGNMENT_PERIOD_KEY, mirror=MIRROR_KEY)
+        return add_bio_hooks(
+            stock,
+            self.unwrapped_model,
+            alignment_period=alignment_period(cfg),
+            mirror_options=dict(cfg.train.get("bio_mirror", None) or {}),
+            seed=cfg.model.get("seed", 0) if hasattr(cfg.model, "get") else 0,
+            writer_period=cfg.train.log_period,
+            advice=LAZY_ADVICE,
+            keys=keys,
+        )
 
     def resume_or_load(self, resume: bool = True):
         """
@@ -226,32 +225,28 @@ class LazyTrainer(SimpleTrainer):
     def train(self):
         """
         Returns:
-            OrderedDict or None: the results of the last evaluation (see :func:`do_test`).
+            OrderedDict or None: the results of the last evaluation (see :meth:`test`).
         """
         super().train(self.start_iter, self.max_iter)
         return self._last_eval_results
 
 
-class AMPLazyTrainer(LazyTrainer, AMPTrainer):
-    """:class:`LazyTrainer` with detectron2's AMPTrainer step (float16, grad scaler)."""
-
-
-class CPUAMPLazyTrainer(LazyTrainer, CPUAutocastTrainer):
-    """:class:`LazyTrainer` with the forward under CPU bfloat16 autocast."""
+# The lazy trainer with detectron2's AMPTrainer step (float16, grad scaler), and with the forward
+# under CPU bfloat16 autocast.
+AMPLazyTrainer = with_precision(LazyTrainer, torch.float16)
+CPUAMPLazyTrainer = with_precision(LazyTrainer, torch.bfloat16)
 
 
 def build_lazy_trainer(cfg) -> LazyTrainer:
     """
     The trainer for ``cfg``: with mixed precision when ``train.amp.enabled``: float16 on CUDA,
     bfloat16 on a CPU with native bfloat16, else full precision with a warning
-    (:func:`~.amp.amp_precision`).
+    (:func:`~.amp.precision_trainer_class`).
     """
-    precision = amp_precision(cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled")
-    if precision == torch.float16:
-        return AMPLazyTrainer(cfg)
-    if precision == torch.bfloat16:
-        return CPUAMPLazyTrainer(cfg)
-    return LazyTrainer(cfg)
+    trainer = precision_trainer_class(
+        LazyTrainer, cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled"
+    )
+    return trainer(cfg)
 
 
 def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:
@@ -268,16 +263,14 @@ def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:
 
 
 def evaluate_lazy_checkpoint(cfg, resume: bool = False) -> Optional[OrderedDict]:
-    """
-    ``--eval-only``: build the model, load ``train.init_checkpoint`` (or, with ``resume``, the
-    last checkpoint of ``train.output_dir``) and evaluate it with :func:`do_test`.
-    """
-    model = build_lazy_model(cfg)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
-    if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
-        raise ValueError(
-            "--eval-only needs weights: set train.init_checkpoint=<file> (or use --resume with a "
-            f"checkpoint in train.output_dir={cfg.train.output_dir!r})"
-        )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    return do_test(cfg, model)
+    """Deprecated name of :meth:`LazyTrainer.evaluate`."""
+    warnings.warn(
+        "evaluate_lazy_checkpoint is LazyTrainer.evaluate now", DeprecationWarning, stacklevel=2
+    )
+    return LazyTrainer.evaluate(cfg, resume=resume)
+
+
+def do_test(cfg, model: nn.Module) -> Optional[OrderedDict]:
+    """Deprecated name of :meth:`LazyTrainer.test`."""
+    warnings.warn("do_test is LazyTrainer.test now", DeprecationWarning, stacklevel=2)
+    return LazyTrainer.test(cfg, model)

@@ -2,19 +2,21 @@
 
 import logging
 import os
+import weakref
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-import torch
 from detectron2.engine import DefaultTrainer, SimpleTrainer
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
 from ..solver import build_bio_optimizer
-from .alignment import build_alignment_hook
-from .amp import CPUAutocastTrainer, amp_precision
-from .ddp import cpu_safe_ddp, sync_batchnorm_if_distributed
-from .hooks import FiniteLossCheck
-from .mirror import build_weight_mirror_hook
+from .amp import precision_trainer_class
+from .ddp import create_ddp_model, sync_batchnorm_if_distributed
+from .hooks import add_bio_hooks_from_cfg
 
 __all__ = ["BioTrainer"]
 
@@ -38,19 +40,37 @@ class BioTrainer(DefaultTrainer):
       else full precision with a warning (:mod:`bio_detectron.engine.amp`).
     """
 
+    # DefaultTrainer.build_hooks writes metrics every 20 iterations (a literal there, with no
+    # public way to read it back); tests/test_detection.py fails if that changes.
+    WRITER_PERIOD = 20
+
     def __init__(self, cfg):
-        with cpu_safe_ddp():
-            super().__init__(cfg)
-        precision = amp_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED")
-        if cfg.SOLVER.AMP.ENABLED and precision != torch.float16:
-            # DefaultTrainer builds its inner trainer in __init__, AMPTrainer whenever
-            # SOLVER.AMP.ENABLED, and AMPTrainer needs CUDA; there is no seam to choose another.
-            # Replace it, with the same model, loader and optimizer (tests/test_detection.py
-            # fails if DefaultTrainer stops keeping them there).
-            inner = self._trainer
-            step = CPUAutocastTrainer if precision == torch.bfloat16 else SimpleTrainer
-            self._trainer = step(inner.model, inner.data_loader, inner.optimizer)
-        self.model.register_forward_hook(FiniteLossCheck(self))
+        # What DefaultTrainer.__init__ does, in its order, but with this package's DDP wrapper
+        # (detectron2's passes device_ids, which CPU modules refuse) and step class (detectron2's
+        # picks AMPTrainer whenever SOLVER.AMP.ENABLED, which needs CUDA). DefaultTrainer offers no
+        # seam to choose either, so this is the one place that sets its private ``_trainer``, which
+        # its run_step, state_dict and model/optimizer/data_loader properties read.
+        # tests/test_detection.py fails if DefaultTrainer.__init__ sets attributes this does not.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        step = precision_trainer_class(
+            SimpleTrainer, cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED"
+        )
+        self._trainer = step(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def train(self):
         """
@@ -86,11 +106,22 @@ class BioTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
+    @classmethod
+    def evaluate(cls, cfg, resume: bool = False):
+        """
+        ``--eval-only``: build the model, load ``MODEL.WEIGHTS`` (or, with ``resume``, the last
+        checkpoint of ``OUTPUT_DIR``) and evaluate it on ``DATASETS.TEST`` (:meth:`test`).
+
+        Returns:
+            OrderedDict: dataset name -> the evaluator's results.
+        """
+        model = cls.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume
+        )
+        return cls.test(cfg, model)
+
     def build_hooks(self):
-        hooks = super().build_hooks()
-        # Before the writer, so its scalars are written in the same iteration; None when off.
-        hooks.insert(-1, build_alignment_hook(self.cfg, self.model))
-        # Right after DefaultTrainer's IterationTimer and LRScheduler, before its checkpointer, so
-        # that a checkpoint holds B after its iteration's mirror step; None without mirror layers.
-        hooks.insert(2, build_weight_mirror_hook(self.cfg, self.model))
-        return hooks
+        return add_bio_hooks_from_cfg(
+            super().build_hooks(), self.model, self.cfg, writer_period=self.WRITER_PERIOD
+        )

@@ -10,3 +10,26 @@ from .classification import (
     ResNetClassifier,
     build_classifier,
 )
+
+__all__ = [
+    "CLASSIFIER_REGISTRY",
+    "PARTS",
+    "RETINANET_HEAD_REGISTRY",
+    "AlexNet",
+    "BioPlausible",
+    "BioRetinaNet",
+    "BioRetinaNetHead",
+    "ImageClassifier",
+    "ResNetClassifier",
+    "bio_args",
+    "bio_plausible",
+    "build_bio_resnet_backbone",
+    "build_bio_retinanet_resnet_fpn_backbone",
+    "build_classifier",
+    "build_retinanet_head",
+    "convert_from_cfg",
+    "convert_parts",
+    "part_of",
+    "parts_of",
+    "rules_from_cfg",
+]
