@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bio_detectron-installed
 
-.PHONY: install test demo benchmark clean
+.PHONY: install test test-fast lint format demo benchmark clean
 
 install: $(STAMP)
 
@@ -15,6 +15,19 @@ $(STAMP): setup.py tools/install_env.sh tools/install_detectron2.sh
 
 test: install
 	$(PY) -m pytest tests
+
+# Everything but the tests marked slow (processes, training runs, tracing): under two minutes.
+test-fast: install
+	$(PY) -m pytest tests -m "not slow"
+
+# ruff.toml: pyflakes and pycodestyle errors, import order, black's format at line length 100.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --select I --fix .
+	$(PY) -m ruff format .
 
 # RULES="backprop sign_symmetry feedback_alignment" runs several rules one after the other.
 RULES ?= sign_symmetry

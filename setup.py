@@ -34,7 +34,8 @@ setup(
     version="0.1.0",
     description=(
         "Detectron2 extension: train detection and classification networks with "
-        "biologically-plausible learning rules (sign-symmetry, feedback alignment)"
+        "biologically-plausible learning rules (sign-symmetry, feedback alignment, Kolen-Pollack, "
+        "weight mirror, batch-manhattan SGD)"
     ),
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -62,7 +63,9 @@ setup(
         "scikit-image",
         "scikit-learn",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "timm"]},  # timm: detectron2 ViTDet
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "timm", "ruff==0.17.6"]
+    },  # timm: detectron2 ViTDet
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -19,6 +19,7 @@ from .convert import (
 )
 from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, is_converted
 from .rules import RULE_REGISTRY, LearningRule, available_rules, build_rule
+
 from . import model_zoo  # isort: skip  (finds the configs; detectron2 only to load them)
 
 __version__ = "0.1.0"

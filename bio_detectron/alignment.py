@@ -142,24 +142,21 @@ def weight_metrics(model: nn.Module) -> Dict[str, Dict[str, float]]:
     return metrics
 
 
-def gradient_angles(
-    model: nn.Module,
-    args: tuple,
-    kwargs: Optional[dict] = None,
-    *,
-    loss_fn: Optional[Callable] = None,
-    start: Optional[ForwardState] = None,
-) -> Dict[str, float]:
+def gradient_angles(model: nn.Module, args: tuple, kwargs: Optional[dict] = None, **options):
     """
-    Runs :func:`probe_gradients` and returns layer name -> ``grad_angle`` in degrees, plus "all":
-    the angle between all layers' gradients concatenated. A layer gets NaN when either gradient is
-    None (the loss does not reach it) or zero (e.g. behind dead ReLUs); frozen layers are left out.
+    Runs :func:`~bio_detectron.probe.probe_gradients` (same arguments, ``loss_fn`` and ``start``
+    among ``options``) and returns layer name -> ``grad_angle`` in degrees, plus "all": the angle
+    between all layers' gradients concatenated. A layer gets NaN when either gradient is None (the
+    loss does not reach it) or zero (e.g. behind dead ReLUs); frozen layers are left out.
+
+    Returns:
+        dict[str, float]
     """
-    return _gradient_angles(model, args, kwargs, loss_fn=loss_fn, start=start)[0]
+    return _gradient_angles(model, args, kwargs, **options)[0]
 
 
-def _gradient_angles(model, args, kwargs=None, *, loss_fn=None, start=None):
-    grads, call_order = _probe(model, args, kwargs, loss_fn=loss_fn, start=start)
+def _gradient_angles(model, args, kwargs=None, **options):
+    grads, call_order = _probe(model, args, kwargs, **options)
     angles = {}
     for name, (own, exact) in grads.items():
         angles[name] = math.nan if own is None or exact is None else angle_between(own, exact)

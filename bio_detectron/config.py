@@ -192,7 +192,8 @@ def add_classification_config(cfg):
     Add the keys of image classification (``tools/train_imagenet.py``) to a config that already
     has :func:`add_bio_config`'s keys, in place. Existing detectron2 keys keep their meaning:
     ``MODEL.RESNETS.*``, ``MODEL.PIXEL_MEAN/STD``, ``INPUT.FORMAT``, ``SOLVER.*``,
-    ``DATALOADER.NUM_WORKERS``, ``TEST.EVAL_PERIOD`` (see configs/ImageNet/Base-Classification.yaml).
+    ``DATALOADER.NUM_WORKERS``, ``TEST.EVAL_PERIOD`` (see
+    configs/ImageNet/Base-Classification.yaml).
     """
     _C = cfg
     _C.MODEL.CLASSIFIER = CN()

@@ -7,6 +7,7 @@ detectron2's ``Conv2d`` included), so that every reference to it stays valid (de
 for one, keeps its convs in plain lists too) and parameter names, values and ``isinstance`` checks
 are unchanged. :func:`revert_layer` swaps it back.
 """
+
 import re
 import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -172,7 +173,6 @@ def revert_layer(module: nn.Module) -> nn.Module:
             module.__dict__.pop(attr, None)
         module.__class__ = module._bio_base
     return module
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,9 +342,7 @@ def convert_model(
     includes, excludes = _compile(include, "include"), _compile(exclude, "exclude")
     names = [n for n, _ in layers_of(model)]
     if not names:
-        raise ValueError(
-            f"{type(model).__name__} has no convolution or nn.Linear layer to convert"
-        )
+        raise ValueError(f"{type(model).__name__} has no convolution or nn.Linear layer to convert")
     for arg, patterns in (("include", includes), ("exclude", excludes)):
         for p in patterns:
             if not any(p.search(n) for n in names):

@@ -17,6 +17,7 @@ Existing layers are converted in place by swapping their class (the converter's 
 values and ``isinstance`` checks are unchanged. Converted layers pickle and deep-copy by their
 original class, so a saved model loads in a fresh process.
 """
+
 import logging
 from typing import Optional
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from ._deprecation import moved_names
 from .rules import LearningRule, build_rule, layer_seed
 
 __all__ = [
@@ -82,7 +84,9 @@ class _FeedbackConvFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight, state = ctx.saved_tensors
         need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
-        feedback, scale = _feedback_for(ctx.rule, weight, state, input) if need_input else (weight, None)
+        feedback, scale = (
+            _feedback_for(ctx.rule, weight, state, input) if need_input else (weight, None)
+        )
         _, _, _, transposed, _, _ = ctx.args
         bias_sizes = [weight.shape[1] * ctx.args[5] if transposed else weight.shape[0]]
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
@@ -136,8 +140,8 @@ class FeedbackLayer:
       for rules whose feedback tensor the optimizer trains);
     * :meth:`feedback_weight`: B, the feedback weight its next backward pass will use.
 
-    **When the feedback tensor is made.** ``feedback`` is made by the rule from the layer's weight and a
-    generator seeded with (seed, module name) only. It is made again, in place, at the layer's
+    **When the feedback tensor is made.** ``feedback`` is made by the rule from the layer's weight
+    and a generator seeded with (seed, module name) only. It is made again, in place, at the layer's
     first forward pass that needs a gradient, from the weights the layer has then: the weights
     training starts from, after ``MODEL.WEIGHTS`` or any other checkpoint was loaded and after
     DistributedDataParallel gave every process rank 0's weights. So every process makes the same B
@@ -183,7 +187,7 @@ class FeedbackLayer:
         return self._buffers.get("feedback", self._parameters.get("feedback"))
 
     def _make_feedback(self) -> Optional[torch.Tensor]:
-        """The rule's feedback tensor made from the current weight (deterministic: seed, name, W)."""
+        """The feedback tensor made from the current weight (deterministic: seed, name, W)."""
         generator = torch.Generator().manual_seed(layer_seed(self.bio_seed, self.bio_name))
         weight = self.weight.detach()
         state = self.learning_rule.init_feedback(weight.cpu().float(), generator)
@@ -191,15 +195,15 @@ class FeedbackLayer:
             return None
         if tuple(state.shape) != tuple(weight.shape):
             raise ValueError(
-                f"{type(self.learning_rule).__name__}.init_feedback made a feedback tensor of shape "
-                f"{tuple(state.shape)} for {self.bio_name or 'a layer'} with weight "
+                f"{type(self.learning_rule).__name__}.init_feedback made a feedback tensor of "
+                f"shape {tuple(state.shape)} for {self.bio_name or 'a layer'} with weight "
                 f"{tuple(weight.shape)}; it must be shaped like W"
             )
         return state.to(device=weight.device, dtype=weight.dtype)
 
     @torch.no_grad()
     def make_feedback_now(self):
-        """Make the rule's feedback tensor from the current weight now, in place (see the class doc)."""
+        """Make the feedback tensor from the current weight now, in place (see the class doc)."""
         state = self._feedback()
         # (The alignment probe lends a layer the backprop rule, which keeps no state, for a pass.)
         if state is not None and self.learning_rule.feedback_kind is not None:
@@ -375,8 +379,15 @@ class FeedbackConv2d(FeedbackConvMixin, nn.Conv2d):
     _bio_base = nn.Conv2d
 
     def __init__(
-        self, *args, rule="backprop", seed=0, name="", rule_options=None, norm=None,
-        activation=None, **kwargs
+        self,
+        *args,
+        rule="backprop",
+        seed=0,
+        name="",
+        rule_options=None,
+        norm=None,
+        activation=None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.norm, self.activation = norm, activation
@@ -411,20 +422,17 @@ def is_converted(module: nn.Module) -> bool:
 
 # Moved to bio_detectron.convert with the rest of the class-swap machinery; the old names keep
 # working (pickles written before the move name bio_detectron.layers._new_converted).
-_MOVED = ("feedback_class", "convert_layer", "revert_layer", "unsupported_reason", "_new_converted")
+__getattr__ = moved_names(
+    __name__,
+    {
+        name: ("bio_detectron.convert", name, ())
+        for name in ("feedback_class", "convert_layer", "revert_layer", "unsupported_reason")
+    },
+)
 
 
-def __getattr__(name):
-    if name in _MOVED:
-        import warnings
+def _new_converted(base: type):
+    """Unpickling a model saved before the class swap moved to bio_detectron.convert."""
+    from .convert import _new_converted as new_converted
 
-        from . import convert
-
-        if not name.startswith("_"):
-            warnings.warn(
-                f"bio_detectron.layers.{name} moved to bio_detectron.convert.{name}",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        return getattr(convert, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return new_converted(base)

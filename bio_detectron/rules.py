@@ -8,6 +8,7 @@ The rules and their names follow the code of Xiao, Chen, Liao & Poggio (2018), a
 ``kolen_pollack`` and ``weight_mirror`` follow Akrout, Wilson, Humphreys, Lillicrap & Tweed (2019),
 *Deep learning without weight transport*, NeurIPS (arXiv 1904.05391).
 """
+
 import inspect
 import math
 import numbers
@@ -22,6 +23,7 @@ __all__ = [
     "RULE_REGISTRY",
     "LearningRule",
     "ScaledRule",
+    "StoredFeedbackRule",
     "available_rules",
     "build_rule",
     "feedback_scale",
@@ -95,7 +97,9 @@ def parse_scale(value, key: str = "scale"):
         except ValueError:
             pass
     if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{key}={value!r} is not allowed; use one of {SCALES} or a positive number")
+        raise ValueError(
+            f"{key}={value!r} is not allowed; use one of {SCALES} or a positive number"
+        )
     return number
 
 
@@ -162,7 +166,9 @@ class LearningRule:
         """Deprecated name of :attr:`feedback_kind`."""
         return self.feedback_kind
 
-    def init_feedback(self, weight: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
+    def init_feedback(
+        self, weight: torch.Tensor, generator: torch.Generator
+    ) -> Optional[torch.Tensor]:
         """
         Make the feedback tensor of a layer.
 
@@ -177,7 +183,9 @@ class LearningRule:
         """
         return None
 
-    def feedback_weight(self, weight: torch.Tensor, feedback: Optional[torch.Tensor]) -> torch.Tensor:
+    def feedback_weight(
+        self, weight: torch.Tensor, feedback: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """
         Args:
             weight (Tensor): the layer's current weight W (as used in its forward pass).
@@ -208,9 +216,18 @@ class LearningRule:
         """
         raise NotImplementedError(f"{type(self).__name__} keeps no trained feedback tensor")
 
+    # Deprecated names, for code that calls them (rule classes defining them are mapped above).
     def feedback(self, weight, feedback):
         """Deprecated name of :meth:`feedback_weight`."""
         return self.feedback_weight(weight, feedback)
+
+    def feedback_parts(self, weight, feedback):
+        """Deprecated name of :meth:`feedback_weight_parts`."""
+        return self.feedback_weight_parts(weight, feedback)
+
+    def state_grad(self, grad_weight):
+        """Deprecated name of :meth:`feedback_grad`."""
+        return self.feedback_grad(grad_weight)
 
     def options(self) -> dict:
         """The options this rule was built with (its constructor's named arguments)."""
@@ -291,18 +308,19 @@ class SignSymmetryRandomMagnitude(ScaledRule):
     feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
-        r = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
-        return r.abs_().mul_(feedback_scale(self.scale, weight))
+        return _random_feedback(weight, generator, self.scale).abs_()
 
     def feedback_weight(self, weight, feedback):
         return torch.sign(weight).mul_(feedback.to(weight.dtype))
 
 
-@RULE_REGISTRY.register()
-class FeedbackAlignment(ScaledRule):
-    """B fixed random, B ~ N(0, s^2), never updated (Lillicrap et al. 2016)."""
+class StoredFeedbackRule(ScaledRule):
+    """
+    A rule whose B is its feedback tensor, which starts random, B ~ N(0, s^2) (the base of
+    feedback alignment, Kolen-Pollack and the weight mirror: they differ in what, if anything,
+    changes B afterwards).
+    """
 
-    name = "feedback_alignment"
     feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
@@ -313,22 +331,25 @@ class FeedbackAlignment(ScaledRule):
 
 
 @RULE_REGISTRY.register()
-class FeedbackAlignmentSignedInit(ScaledRule):
+class FeedbackAlignment(StoredFeedbackRule):
+    """B fixed random, B ~ N(0, s^2), never updated (Lillicrap et al. 2016)."""
+
+    name = "feedback_alignment"
+
+
+@RULE_REGISTRY.register()
+class FeedbackAlignmentSignedInit(StoredFeedbackRule):
     """B = sign(W0) * s, then fixed, W0 the weights training starts from: sign-symmetric at first,
     drifting as W learns."""
 
     name = "feedback_alignment_signed_init"
-    feedback_kind = "buffer"
 
     def init_feedback(self, weight, generator):
         return torch.sign(weight).mul_(feedback_scale(self.scale, weight))
 
-    def feedback_weight(self, weight, feedback):
-        return feedback.to(weight.dtype)
-
 
 @RULE_REGISTRY.register()
-class KolenPollack(ScaledRule):
+class KolenPollack(StoredFeedbackRule):
     """
     B starts random like feedback_alignment's, B ~ N(0, s^2), and is then trained like W: it is a
     parameter whose gradient is exactly W's weight gradient, so the optimizer gives it W's update
@@ -340,12 +361,6 @@ class KolenPollack(ScaledRule):
     name = "kolen_pollack"
     feedback_kind = "parameter"
 
-    def init_feedback(self, weight, generator):
-        return _random_feedback(weight, generator, self.scale)
-
-    def feedback_weight(self, weight, feedback):
-        return feedback.to(weight.dtype)
-
     def feedback_grad(self, grad_weight):
         # A tensor of its own: W's and B's .grad must not alias (gradient clipping, DDP buckets
         # and optimizers may change a .grad in place).
@@ -353,7 +368,7 @@ class KolenPollack(ScaledRule):
 
 
 @RULE_REGISTRY.register()
-class WeightMirror(ScaledRule):
+class WeightMirror(StoredFeedbackRule):
     """
     B starts random like feedback_alignment's, B ~ N(0, s^2), and learns from the layer's own
     forward pass on noise, without reading W (Akrout et al. 2019, section 4): every few iterations
@@ -365,13 +380,6 @@ class WeightMirror(ScaledRule):
     """
 
     name = "weight_mirror"
-    feedback_kind = "buffer"
-
-    def init_feedback(self, weight, generator):
-        return _random_feedback(weight, generator, self.scale)
-
-    def feedback_weight(self, weight, feedback):
-        return feedback.to(weight.dtype)
 
 
 def available_rules():

@@ -472,6 +472,7 @@ def _is_png(path):
         return f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 10_000
 
 
+@pytest.mark.slow
 def test_plot_alignment_writes_pngs(tmp_path):
     tool = _plot_tool()
     a, b = str(tmp_path / "ss_run"), str(tmp_path / "fa_run")
@@ -490,6 +491,7 @@ def test_plot_alignment_writes_pngs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_plot_alignment_errors_name_the_folder(tmp_path):
     tool = _plot_tool()
     empty = str(tmp_path / "empty")

@@ -14,6 +14,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tools", "benchmark_rules.py")
 
 
+# Starts processes or installs the package: part of `make test`, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
+
 def _module():
     spec = importlib.util.spec_from_file_location("benchmark_rules", SCRIPT)
     module = importlib.util.module_from_spec(spec)

@@ -2,6 +2,7 @@
 checkpoints"): B is made from the weights training starts from; a checkpoint carrying B made by the
 same rule restores it exactly; one without B gets B made from its weights; one whose B came from
 another rule or other options is not taken, with a warning naming the layer."""
+
 import copy
 import logging
 from collections import OrderedDict
@@ -14,10 +15,11 @@ import bio_detectron as bd
 from bio_detectron.rules import layer_seed
 
 
-
 def _model(rule="feedback_alignment_signed_init", seed=0, **options):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3)
+    )
     return bd.convert_model(net, rule, **options)
 
 
@@ -48,7 +50,9 @@ def test_state_is_made_from_the_weights_at_the_first_training_forward():
 
 
 def test_checkpoint_without_feedback_gets_feedback_from_its_weights():
-    stock = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+    stock = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3)
+    )
     torch.manual_seed(5)
     for p in stock.parameters():
         nn.init.normal_(p)

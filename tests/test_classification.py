@@ -14,6 +14,7 @@ from PIL import Image
 
 from bio_detectron.config import add_bio_config, add_classification_config
 from bio_detectron.convert import rules_of
+from bio_detectron.data import ensure_shapes_classification
 from bio_detectron.data.imagenet import (
     ClassificationTrainLoader,
     ImageFolderDataset,
@@ -24,11 +25,10 @@ from bio_detectron.data.imagenet import (
     collate_classification,
     scan_split,
 )
-from bio_detectron.data.shapes import ensure_shapes_classification
 from bio_detectron.engine.amp import cpu_has_native_bfloat16
 from bio_detectron.engine.classification import (
-    CPUAMPClassificationTrainer,
     ClassificationTrainer,
+    CPUAMPClassificationTrainer,
     build_classification_trainer,
     resolve_schedule,
 )
@@ -326,7 +326,9 @@ def test_checkpoint_initialises_retinanet_resnet18_backbone(tmp_path, shapes_roo
         os.path.join(REPO, "configs/COCO-Detection/retinanet_R_18_FPN_feedback_alignment_1x.yaml")
     )
     # The classifier's scale, so that the seeds alone can be checked to agree before loading.
-    det_cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path, "MODEL.BIO.SCALE", "kaiming"])
+    det_cfg.merge_from_list(
+        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path, "MODEL.BIO.SCALE", "kaiming"]
+    )
     detector = build_model(det_cfg)
     assert type(detector).__name__ == "BioRetinaNet"
     bottom_up = {
@@ -420,6 +422,7 @@ def test_unreadable_image_error_or_skip(tmp_path):
 # --- Several processes --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_from_the_command_line(tmp_path, shapes_root):
     # tests/test_distributed.py checks that processes agree; this checks the tool's --num-gpus.
     # One thread per process: two processes share the test machine's cores.

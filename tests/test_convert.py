@@ -1,4 +1,5 @@
 """The converter on detectron2 models, and its errors."""
+
 import pytest
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ def _d2_resnet(depth=18):
     return build_resnet_backbone(cfg, ShapeSpec(channels=3))
 
 
+@pytest.mark.slow
 def test_detectron2_resnet_every_conv_converted_names_unchanged():
     torch.manual_seed(0)
     model = _d2_resnet()
@@ -43,7 +45,9 @@ def test_detectron2_resnet_every_conv_converted_names_unchanged():
 
 
 def test_include_exclude_select_layers():
-    model = bd.convert_model(_d2_resnet(), "feedback_alignment", include=r"^res[45]\.", exclude="shortcut")
+    model = bd.convert_model(
+        _d2_resnet(), "feedback_alignment", include=r"^res[45]\.", exclude="shortcut"
+    )
     rules = bd.rules_of(model)
     assert rules["res4.0.conv1"] == "feedback_alignment"
     assert rules["res4.0.shortcut"] == "none"
@@ -55,12 +59,21 @@ def test_include_exclude_select_layers():
     [
         (dict(rule="signsymmetry"), "unknown learning rule 'signsymmetry'; available: ['backprop'"),
         (dict(rule="backprop", scale="kaiming"), "has no option(s) ['scale']"),
-        (dict(rule="sign_symmetry", sigma=2), "has no option(s) ['sigma']; its options are ['scale']"),
+        (
+            dict(rule="sign_symmetry", sigma=2),
+            "has no option(s) ['sigma']; its options are ['scale']",
+        ),
         (dict(rule="sign_symmetry", scale="he"), "scale='he' is not allowed"),
         (dict(rule="sign_symmetry", scale=-1.0), "scale=-1.0 is not allowed"),
-        (dict(rule="backprop", include="^head\\."), "include='^head\\\\.' matches no convolution/Linear"),
+        (
+            dict(rule="backprop", include="^head\\."),
+            "include='^head\\\\.' matches no convolution/Linear",
+        ),
         (dict(rule="backprop", exclude=["stem", "fpn"]), "exclude='fpn' matches no"),
-        (dict(rule="backprop", include="res[2"), "include='res[2' is not a valid regular expression"),
+        (
+            dict(rule="backprop", include="res[2"),
+            "include='res[2' is not a valid regular expression",
+        ),
     ],
 )
 def test_bad_input_raises_value_error_naming_it(kwargs, message):
@@ -122,13 +135,19 @@ def _tied():
 @pytest.mark.parametrize(
     "make,name,reason",
     [
-        (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), OwnConv(4, 4, 3)), "1", "does not call self._conv_forward"),
+        (
+            lambda: nn.Sequential(nn.Conv2d(3, 4, 3), OwnConv(4, 4, 3)),
+            "1",
+            "does not call self._conv_forward",
+        ),
         (lambda: nn.Sequential(OwnLinear(4, 4), nn.Linear(4, 4)), "0", "has a forward of its own"),
         (Attention, "attn.out_proj", "MultiheadAttention 'attn' reads its weight directly"),
         (_tied, "1", "its weight is shared with 0.weight"),
     ],
 )
-def test_layer_the_rule_cannot_act_on_is_refused_by_name_or_skipped_with_warning(make, name, reason):
+def test_layer_the_rule_cannot_act_on_is_refused_by_name_or_skipped_with_warning(
+    make, name, reason
+):
     model = make()
     with pytest.raises(ValueError) as e:
         bd.convert_model(model, "sign_symmetry")
@@ -145,7 +164,11 @@ def test_layer_the_rule_cannot_act_on_is_refused_by_name_or_skipped_with_warning
 
 def test_rules_of_is_truthful_about_attention():
     model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
-    assert bd.rules_of(model) == {"attn": "none", "attn.out_proj": "none", "fc": "feedback_alignment"}
+    assert bd.rules_of(model) == {
+        "attn": "none",
+        "attn.out_proj": "none",
+        "fc": "feedback_alignment",
+    }
     # A layer converted by hand inside an attention module still is not trained by its rule.
     from bio_detectron.convert import convert_layer
 
@@ -186,12 +209,22 @@ def test_parts_of_fpn_and_vitdet_backbones_found_structurally():
     lc.model.backbone.square_pad = 64
     model = instantiate(lc.model)
     parts = parts_of(model)
-    assert parts["backbone.net.patch_embed.proj"] == parts["backbone.net.blocks.0.attn.qkv"] == "backbone"
+    assert (
+        parts["backbone.net.patch_embed.proj"]
+        == parts["backbone.net.blocks.0.attn.qkv"]
+        == "backbone"
+    )
     assert parts["backbone.simfp_2.0"] == parts["backbone.simfp_5.1"] == "fpn"  # deconv, pool+conv
     assert parts["roi_heads.mask_head.deconv"] == "head"
-    assert parts["roi_heads.mask_head.predictor"] == parts["roi_heads.box_predictor.cls_score"] == "predictor"
+    assert (
+        parts["roi_heads.mask_head.predictor"]
+        == parts["roi_heads.box_predictor.cls_score"]
+        == "predictor"
+    )
     # RegNet inside an FPN (new_baselines): the FPN's bottom_up, whatever its module names.
-    lc = LazyConfig.load(model_zoo.get_config_file("new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_100ep_LSJ.py"))
+    lc = LazyConfig.load(
+        model_zoo.get_config_file("new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_100ep_LSJ.py")
+    )
     parts = parts_of(instantiate(lc.model))
     assert parts["backbone.bottom_up.s1.b1.f.a"] == "backbone"
     assert parts["backbone.fpn_lateral2"] == "fpn"

@@ -24,7 +24,7 @@ from torch import nn
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
-from bio_detectron.data.shapes import ensure_shapes_classification
+from bio_detectron.data import ensure_shapes_classification
 from bio_detectron.engine import alignment as al
 from bio_detectron.engine.classification import (
     AMPClassificationTrainer,

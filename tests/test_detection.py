@@ -1,4 +1,5 @@
 """Detection models with learning rules: end to end on CPU, train_net, launch, BioPlausible."""
+
 import copy
 import math
 import os
@@ -15,7 +16,9 @@ import bio_detectron as bd
 from bio_detectron import add_bio_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml")
+INSTANT = os.path.join(
+    REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml"
+)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 
@@ -42,6 +45,7 @@ def _grads(model, batch):
     return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow
 def test_bio_retinanet_backprop_equals_stock_retinanet_exactly(batch):
     cfg = instant_cfg("MODEL.BIO.RULE", "backprop")
     torch.manual_seed(0)
@@ -66,6 +70,7 @@ def test_bio_retinanet_backprop_equals_stock_retinanet_exactly(batch):
         torch.testing.assert_close(g1[k], g2[k], rtol=1e-5, atol=1e-5 * scale, msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "rule", ["sign_symmetry", "feedback_alignment", "sign_symmetry_random_magnitude"]
 )
@@ -88,16 +93,24 @@ def test_rule_changes_gradients_where_it_should(batch, rule):
     for k in ("head.cls_score.weight", "head.bbox_pred.weight"):
         torch.testing.assert_close(g[k], g_ref[k])
     # Everything below them gets its gradient through B.
-    for k in ("head.cls_subnet.0.weight", "backbone.fpn_output3.weight", "backbone.bottom_up.stem.conv1.weight"):
+    for k in (
+        "head.cls_subnet.0.weight",
+        "backbone.fpn_output3.weight",
+        "backbone.bottom_up.stem.conv1.weight",
+    ):
         assert not torch.allclose(g[k], g_ref[k]), k
 
 
 def test_per_part_rules_and_exclude():
     cfg = instant_cfg(
-        "MODEL.BIO.RULE", "feedback_alignment",
-        "MODEL.BIO.PARTS.FPN", "backprop",
-        "MODEL.BIO.PARTS.PREDICTOR", "sign_symmetry",
-        "MODEL.BIO.EXCLUDE", ["stem"],
+        "MODEL.BIO.RULE",
+        "feedback_alignment",
+        "MODEL.BIO.PARTS.FPN",
+        "backprop",
+        "MODEL.BIO.PARTS.PREDICTOR",
+        "sign_symmetry",
+        "MODEL.BIO.EXCLUDE",
+        ["stem"],
     )
     rules = bd.rules_of(build_model(cfg))
     assert rules["backbone.bottom_up.stem.conv1"] == "none"
@@ -110,11 +123,17 @@ def test_per_part_rules_and_exclude():
 @pytest.mark.parametrize(
     "opts,message",
     [
-        (["MODEL.BIO.RULE", "sign-symmetry"], "MODEL.BIO.RULE='sign-symmetry' is not a learning rule"),
+        (
+            ["MODEL.BIO.RULE", "sign-symmetry"],
+            "MODEL.BIO.RULE='sign-symmetry' is not a learning rule",
+        ),
         (["MODEL.BIO.PARTS.HEAD", "fa"], "MODEL.BIO.PARTS.HEAD='fa' is not a learning rule"),
         (["MODEL.BIO.SCALE", "huge"], "MODEL.BIO.SCALE='huge' is not allowed"),
         (["MODEL.BIO.EXCLUDE", ["roi_heads"]], "MODEL.BIO.EXCLUDE[0]='roi_heads' matches no"),
-        (["MODEL.RETINANET.HEAD_NAME", "Nope"], "MODEL.RETINANET.HEAD_NAME='Nope' is not registered"),
+        (
+            ["MODEL.RETINANET.HEAD_NAME", "Nope"],
+            "MODEL.RETINANET.HEAD_NAME='Nope' is not registered",
+        ),
         (
             ["MODEL.META_ARCHITECTURE", "BioPlausible", "MODEL.BIO.BASE_META_ARCHITECTURE", "Nope"],
             "MODEL.BIO.BASE_META_ARCHITECTURE='Nope' is not a meta-architecture",
@@ -150,6 +169,7 @@ def _faster_rcnn_cfg(rule):
     return cfg
 
 
+@pytest.mark.slow
 def test_model_zoo_faster_rcnn_trains_a_step_through_bio_plausible():
     cfg = _faster_rcnn_cfg("sign_symmetry")
     torch.manual_seed(0)
@@ -183,16 +203,21 @@ def _args(*opts, config=INSTANT, **kw):
     return args
 
 
+@pytest.mark.slow
 def test_train_net_trains_evaluates_and_resumes(tmp_path):
     import train_net
 
     out = str(tmp_path)
-    results = train_net.main(
-        _args("MODEL.BIO.RULE", "feedback_alignment", "OUTPUT_DIR", out)
-    )
+    results = train_net.main(_args("MODEL.BIO.RULE", "feedback_alignment", "OUTPUT_DIR", out))
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
     assert 0 <= results["bbox"]["AP"] <= 100
-    for f in ("model_0000001.pth", "model_final.pth", "last_checkpoint", "metrics.json", "config.yaml"):
+    for f in (
+        "model_0000001.pth",
+        "model_final.pth",
+        "last_checkpoint",
+        "metrics.json",
+        "config.yaml",
+    ):
         assert os.path.exists(os.path.join(out, f)), f
     ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     assert {"model", "trainer", "iteration"} <= set(ckpt)
@@ -204,7 +229,16 @@ def test_train_net_trains_evaluates_and_resumes(tmp_path):
     # seed asks for other ones.
     from bio_detectron.engine import BioTrainer
 
-    cfg = instant_cfg("MODEL.BIO.RULE", "feedback_alignment", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", 6, "MODEL.BIO.SEED", 5)
+    cfg = instant_cfg(
+        "MODEL.BIO.RULE",
+        "feedback_alignment",
+        "OUTPUT_DIR",
+        out,
+        "SOLVER.MAX_ITER",
+        6,
+        "MODEL.BIO.SEED",
+        5,
+    )
     trainer = BioTrainer(cfg)
     assert not torch.equal(trainer.model.head.cls_subnet[0].feedback, B)
     trainer.resume_or_load(resume=True)
@@ -215,21 +249,36 @@ def test_train_net_trains_evaluates_and_resumes(tmp_path):
 
     # --eval-only loads the weights and evaluates.
     results = train_net.main(
-        _args("MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out, eval_only=True)
+        _args(
+            "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out, eval_only=True
+        )
     )
     assert "AP" in results["bbox"]
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_with_clear_message_and_checkpoint_intact(tmp_path):
     import train_net
 
     out = str(tmp_path)
     with pytest.raises(FloatingPointError) as e:
         train_net.main(
-            _args("SOLVER.BASE_LR", 1e9, "SOLVER.MAX_ITER", 20, "SOLVER.CHECKPOINT_PERIOD", 1, "OUTPUT_DIR", out)
+            _args(
+                "SOLVER.BASE_LR",
+                1e9,
+                "SOLVER.MAX_ITER",
+                20,
+                "SOLVER.CHECKPOINT_PERIOD",
+                1,
+                "OUTPUT_DIR",
+                out,
+            )
         )
     msg = str(e.value)
-    assert "Loss became non-finite at iteration" in msg and "training stopped before the optimizer step" in msg
+    assert (
+        "Loss became non-finite at iteration" in msg
+        and "training stopped before the optimizer step" in msg
+    )
     last = open(os.path.join(out, "last_checkpoint")).read().strip()
     assert last in msg or "none written yet" in msg
     state = torch.load(os.path.join(out, last), weights_only=False)["model"]
@@ -305,6 +354,7 @@ def test_default_trainer_writes_every_20_iterations(tmp_path):
     assert [w._period for w in writers] == [BioTrainer.WRITER_PERIOD]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_amp_on_cpu_trains_in_bfloat16_where_native(native_bf16, tmp_path, monkeypatch, caplog):
     import logging

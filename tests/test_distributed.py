@@ -6,6 +6,7 @@ One 2-process CPU launch (gloo) runs all cases; each process hashes every tensor
 are all-gathered and compared. default_setup seeds process r with SEED + r, so each process builds
 different initial weights; only the mechanism under test can make them agree.
 """
+
 import hashlib
 import json
 import os
@@ -19,7 +20,9 @@ from bio_detectron.rules import RULE_REGISTRY, layer_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
-INSTANT = os.path.join(REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml")
+INSTANT = os.path.join(
+    REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml"
+)
 CLASSIFIER = os.path.join(REPO, "configs/ImageNet/resnet18_sign_symmetry.yaml")
 
 STATEFUL = sorted(name for name, cls in RULE_REGISTRY if cls.feedback_kind is not None)
@@ -29,6 +32,10 @@ COMMON = [
     "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
     "MODEL.BIO.ALIGNMENT.PERIOD", "0", "DATASETS.TEST", "()", "SEED", "7",
 ]  # fmt: skip
+
+
+# Starts processes or installs the package: part of `make test`, not `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def _digests(model):
@@ -43,10 +50,8 @@ def _digests(model):
 
 def _train(case, output_dir):
     """Train one case in this process; returns the trained, unwrapped model."""
-    from detectron2.engine import DefaultTrainer, default_argument_parser
+    from detectron2.engine import DefaultTrainer, default_argument_parser, defaults
     from torch.nn.parallel import DistributedDataParallel
-
-    from detectron2.engine import defaults
 
     from bio_detectron.engine import BioTrainer
     from bio_detectron.engine.ddp import create_ddp_model
@@ -54,6 +59,7 @@ def _train(case, output_dir):
     kind, opts = case["kind"], case["opts"] + ["OUTPUT_DIR", output_dir]
     if kind == "classification":
         import train_imagenet
+
         from bio_detectron.engine.classification import build_classification_trainer
 
         args = default_argument_parser().parse_args(["--config-file", CLASSIFIER, *opts])
@@ -90,7 +96,9 @@ def _agreement_worker(cases, output_dir):
         gathered = comm.all_gather(_digests(model))
         report[case["name"]] = {
             "compared": sorted(gathered[0]),
-            "differ": sorted(n for n in gathered[0] if any(g[n] != gathered[0][n] for g in gathered)),
+            "differ": sorted(
+                n for n in gathered[0] if any(g[n] != gathered[0][n] for g in gathered)
+            ),
         }
         if comm.is_main_process():
             torch.save(
@@ -129,10 +137,14 @@ def _cases(pretrained, shapes_root):
             "kind": "stock_trainer",
             "opts": COMMON
             + [
-                "MODEL.META_ARCHITECTURE", "BioPlausible",
-                "MODEL.BIO.BASE_META_ARCHITECTURE", "RetinaNet",
-                "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
-                "MODEL.BIO.RULE", "feedback_alignment",
+                "MODEL.META_ARCHITECTURE",
+                "BioPlausible",
+                "MODEL.BIO.BASE_META_ARCHITECTURE",
+                "RetinaNet",
+                "MODEL.BACKBONE.NAME",
+                "build_retinanet_resnet_fpn_backbone",
+                "MODEL.BIO.RULE",
+                "feedback_alignment",
             ],  # fmt: skip
         }
     )
@@ -141,11 +153,26 @@ def _cases(pretrained, shapes_root):
             "name": "classification: feedback_alignment/mean_abs",
             "kind": "classification",
             "opts": [
-                "MODEL.BIO.RULE", "feedback_alignment", "MODEL.BIO.SCALE", "mean_abs",
-                "MODEL.DEVICE", "cpu", "DATASETS.IMAGENET_ROOT", shapes_root,
-                "INPUT.CLASSIFICATION.SIZE", "32", "SOLVER.IMS_PER_BATCH", "4",
-                "SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "100",
-                "SEED", "7",
+                "MODEL.BIO.RULE",
+                "feedback_alignment",
+                "MODEL.BIO.SCALE",
+                "mean_abs",
+                "MODEL.DEVICE",
+                "cpu",
+                "DATASETS.IMAGENET_ROOT",
+                shapes_root,
+                "INPUT.CLASSIFICATION.SIZE",
+                "32",
+                "SOLVER.IMS_PER_BATCH",
+                "4",
+                "SOLVER.MAX_ITER",
+                "2",
+                "DATALOADER.NUM_WORKERS",
+                "0",
+                "TEST.EVAL_PERIOD",
+                "100",
+                "SEED",
+                "7",
             ],  # fmt: skip
         }
     )
@@ -177,7 +204,7 @@ def pretrained(tmp_path_factory):
 def agreement(tmp_path_factory, pretrained):
     from detectron2.engine import launch
 
-    from bio_detectron.data.shapes import ensure_shapes_classification
+    from bio_detectron.data import ensure_shapes_classification
 
     root = ensure_shapes_classification(
         root=str(tmp_path_factory.mktemp("cls")), image_size=32, num_train_per_class=4,
@@ -209,7 +236,9 @@ def test_every_case_agrees_across_processes(agreement):
         expected = 20 if name.startswith("classification") else 34
         assert len(feedback) == (expected if stateful else 0), name
         assert len(params) > 60, name
-        assert r["differ"] == [], f"{name}: {len(r['differ'])} tensors differ, e.g. {r['differ'][:3]}"
+        assert r["differ"] == [], (
+            f"{name}: {len(r['differ'])} tensors differ, e.g. {r['differ'][:3]}"
+        )
 
 
 def test_pretrained_feedback_is_made_from_the_loaded_weights(agreement, pretrained):

@@ -118,6 +118,7 @@ def test_stock_config_warns_about_keys_of_other_extensions():
     assert stock.MODEL.MY_PROJECT.DEPTH == 3
 
 
+@pytest.mark.slow
 def test_load_weights_is_strict(tmp_path):
     torch.manual_seed(0)
     other = build_model(instant_cfg("MODEL.RETINANET.NUM_CONVS", 3))
@@ -145,7 +146,8 @@ import json, sys, torch
 from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
-config, opts, images, out, bio = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5] == "bio"
+config, opts, images = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out, bio = sys.argv[4], sys.argv[5] == "bio"
 cfg = get_cfg()
 if bio:
     import bio_detectron
@@ -181,6 +183,7 @@ def _predict(tmp_path, config, opts, images, bio):
     return torch.load(out, weights_only=False)
 
 
+@pytest.mark.slow
 def test_trained_model_exports_to_stock_detectron2(tmp_path):
     import export_model
     import train_net
@@ -277,6 +280,7 @@ def _kinds(traced):
     return [node.kind() for node in traced.inlined_graph.nodes()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("rule", ["sign_symmetry", "feedback_alignment"])
 def test_jit_trace_gives_the_stock_graph(name, rule):
@@ -291,6 +295,7 @@ def test_jit_trace_gives_the_stock_graph(name, rule):
             assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_torch_export_gives_the_stock_graph(name):
     model, stock = _converted_and_stock(name, "feedback_alignment")
@@ -312,6 +317,7 @@ def test_torch_export_gives_the_stock_graph(name):
     assert ops(reverted) == ops(stock_program)
 
 
+@pytest.mark.slow
 def test_retinanet_traces_through_tracing_adapter_like_stock():
     from detectron2.export import TracingAdapter
 

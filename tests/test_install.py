@@ -18,6 +18,10 @@ CONFIGS = os.path.join(REPO, "configs")
 SIGN_SYMMETRY = "Shapes-Detection/retinanet_R_18_FPN_sign_symmetry.yaml"
 
 
+# Starts processes or installs the package: part of `make test`, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
+
 def _run(code, *, cwd, pythonpath, check=True):
     env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1")
     result = subprocess.run(

@@ -1,7 +1,8 @@
 """Gradients of converted layers, checked against computations independent of our autograd path."""
+
 import copy
-import math
 import itertools
+import math
 
 import pytest
 import torch
@@ -72,7 +73,9 @@ def _small_net():
         nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"),
         nn.BatchNorm2d(8),
         nn.ReLU(),
-        D2Conv2d(8, 8, 3, stride=2, padding=1, bias=False, norm=nn.BatchNorm2d(8), activation=F.relu),
+        D2Conv2d(
+            8, 8, 3, stride=2, padding=1, bias=False, norm=nn.BatchNorm2d(8), activation=F.relu
+        ),
         nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=2),
         nn.Conv2d(8, 8, 4, padding="same"),  # even kernel: asymmetric 'same' padding
         nn.AdaptiveAvgPool2d(2),
@@ -125,7 +128,8 @@ def test_fixed_rules_formulas():
 
 
 @pytest.mark.parametrize(
-    "rule", ["feedback_alignment", "feedback_alignment_signed_init", "sign_symmetry_random_magnitude"]
+    "rule",
+    ["feedback_alignment", "feedback_alignment_signed_init", "sign_symmetry_random_magnitude"],
 )
 def test_fixed_feedback_is_a_buffer_unchanged_by_training_and_saved(rule):
     torch.manual_seed(0)
@@ -228,7 +232,12 @@ CONV_KINDS = [
         dict(stride=(2, 3), padding=1, output_padding=(1, 2), dilation=1, groups=2, bias=False),
     ),
     (nn.ConvTranspose2d, F.conv_transpose2d, (5, 6), dict(stride=1, padding=2, dilation=2)),
-    (nn.ConvTranspose3d, F.conv_transpose3d, (3, 4, 5), dict(stride=2, padding=1, output_padding=1, groups=2)),
+    (
+        nn.ConvTranspose3d,
+        F.conv_transpose3d,
+        (3, 4, 5),
+        dict(stride=2, padding=1, output_padding=1, groups=2),
+    ),
 ]
 
 
@@ -241,7 +250,9 @@ def _functional_args(conv):
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("kind", range(len(CONV_KINDS)), ids=lambda i: CONV_KINDS[i][0].__name__ + str(i))
+@pytest.mark.parametrize(
+    "kind", range(len(CONV_KINDS)), ids=lambda i: CONV_KINDS[i][0].__name__ + str(i)
+)
 def test_every_conv_kind_uses_feedback_for_input_and_true_gradient_for_weight(rule, kind):
     cls, op, spatial, options = CONV_KINDS[kind]
     torch.manual_seed(0)
@@ -285,7 +296,9 @@ def test_kaiming_scale_of_any_conv_is_fan_out_of_its_weight():
         w = layer.weight
         s = feedback_scale("kaiming", w)
         assert s == pytest.approx((2.0 / (w.shape[0] * math.prod(w.shape[2:]))) ** 0.5)
-    assert feedback_scale("kaiming", nn.Conv2d(3, 16, 3).weight) == pytest.approx((2 / (9 * 16)) ** 0.5)
+    assert feedback_scale("kaiming", nn.Conv2d(3, 16, 3).weight) == pytest.approx(
+        (2 / (9 * 16)) ** 0.5
+    )
 
 
 # --- No gradient needed: the stock forward --------------------------------------------------
@@ -340,6 +353,7 @@ def test_every_rule_has_a_repr_and_a_tag(rule):
         assert repr(bd.build_rule(rule, scale="mean_abs")).endswith("(scale='mean_abs')")
 
 
+@pytest.mark.slow
 def test_pickled_converted_detectron2_model_loads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
@@ -350,7 +364,8 @@ def test_pickled_converted_detectron2_model_loads_in_a_fresh_process(tmp_path):
     torch.save({"net": net, "x": x, "y": net.eval()(x)}, path)
     code = (
         "import sys, torch; d = torch.load(sys.argv[1], weights_only=False); net = d['net'];"
-        "assert type(net[3]).__name__.startswith('Feedback') and net[3].rule == 'feedback_alignment';"
+        "assert type(net[3]).__name__.startswith('Feedback');"
+        "assert net[3].rule == 'feedback_alignment';"
         "assert torch.equal(net(d['x']), d['y']);"
         "net.train(); net(d['x'].requires_grad_()).sum().backward();"
         "print(type(net[3]).__mro__[1].__module__, net[3].feedback.shape)"

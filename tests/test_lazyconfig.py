@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 
@@ -219,6 +218,7 @@ ZOO = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,edit,weight", ZOO, ids=[z[0].split("/")[-1][:-3] for z in ZOO])
 def test_model_zoo_lazy_config_trains_a_step_through_bio_plausible(batch, config, edit, weight):
     cfg = model_zoo.get_config(config)  # Detectron2's installed file, not a copy
@@ -254,6 +254,7 @@ TWINS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,forward", TWINS, ids=[t[0].split("/")[-1] for t in TWINS])
 def test_lazy_config_builds_the_model_of_its_yacs_twin(batch, name, forward):
     cfg, ycfg = lazy(name), yacs(name)
@@ -313,6 +314,7 @@ def test_coco_configs_set_rule_scale_and_weights_as_the_yacs_ones(depth, rule):
     )
 
 
+@pytest.mark.slow
 def test_classifier_checkpoint_initialises_the_lazy_resnet18_backbone(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -403,6 +405,7 @@ def _metrics(out):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_lazy_tool_trains_evaluates_resumes_and_evaluates_only(tmp_path):
     import lazyconfig_train_net as tool
 
@@ -467,6 +470,7 @@ def test_lazy_tool_trains_evaluates_resumes_and_evaluates_only(tmp_path):
         tool.main(_args(f"train.output_dir={tmp_path / 'empty'}", eval_only=True))
 
 
+@pytest.mark.slow
 def test_lazy_tool_stops_a_diverging_run_with_checkpoint_intact(tmp_path):
     import lazyconfig_train_net as tool
 
@@ -560,6 +564,7 @@ def _train_and_gather_hashes(args, result_file):
             json.dump(gathered, f)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_launch_keeps_parameters_and_feedback_in_step(tmp_path):
     from detectron2.engine import launch
 
@@ -590,6 +595,7 @@ def test_two_process_cpu_launch_keeps_parameters_and_feedback_in_step(tmp_path):
     assert ckpt["iteration"] == 1
 
 
+@pytest.mark.slow
 def test_weight_mirror_hook_from_train_bio_mirror(tmp_path):
     from bio_detectron.engine.mirror_hook import WeightMirrorHook
 
@@ -607,7 +613,9 @@ def test_weight_mirror_hook_from_train_bio_mirror(tmp_path):
     assert (hook.period, hook.initial_steps, hook.seed) == (2, 1, 3)
     names = [type(h).__name__ for h in trainer._hooks]
     assert names.index("WeightMirrorHook") < names.index("PeriodicCheckpointer")
-    assert not any(isinstance(h, WeightMirrorHook) for h in trainer_of("sign_symmetry", None)._hooks)
+    assert not any(
+        isinstance(h, WeightMirrorHook) for h in trainer_of("sign_symmetry", None)._hooks
+    )
     with pytest.raises(ValueError, match=r"train.bio_mirror has unknown option\(s\) \['sigma'\]"):
         trainer_of("weight_mirror", {"sigma": 2.0})
     with pytest.raises(ValueError, match="train.bio_mirror.lr=-1"):

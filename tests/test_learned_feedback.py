@@ -1,4 +1,4 @@
-"""Rules whose B learns: kolen_pollack (trained like W) and weight_mirror (mirror steps on noise)."""
+"""Rules whose B learns: kolen_pollack (trained like W), weight_mirror (mirror steps on noise)."""
 
 import copy
 import logging
@@ -22,7 +22,6 @@ from bio_detectron.engine.mirror_hook import (
 )
 from bio_detectron.mirror import mirror_correlation, mirror_layers, mirror_step, noise_batch_for
 from bio_detectron.rules import layer_seed
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

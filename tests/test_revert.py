@@ -1,4 +1,4 @@
-"""revert_model: converted layers become their original classes again, and the model the stock one."""
+"""revert_model: converted layers become their original classes again, the model the stock one."""
 
 import copy
 import pickle
@@ -36,7 +36,7 @@ LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending"
 
 
 class EveryLayer(nn.Module):
-    """One of each layer type conversion handles, detectron2's Conv2d (norm + activation) included."""
+    """One of each layer type conversion handles, detectron2's Conv2d (norm, activation) too."""
 
     def __init__(self):
         super().__init__()
@@ -107,6 +107,7 @@ def _assert_stock(model, stock):
     assert set(bd.rules_of(model).values()) == {"none"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_reverted_model_is_the_stock_model(model_name, rule):

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
-from bio_detectron.data.shapes import ensure_shapes_classification
+from bio_detectron.data import ensure_shapes_classification
 from bio_detectron.engine import BioTrainer, ClassificationTrainer, WeightMirrorHook
 from bio_detectron.modeling.classification import build_classifier
 from bio_detectron.solver import BatchManhattanSGD
@@ -63,6 +63,7 @@ def test_imagenet_configs_build(rule):
     assert rules.pop("classifier") == "backprop" and set(rules.values()) == {rule}
 
 
+@pytest.mark.slow
 def test_bio_trainer_runs_the_mirror_before_the_checkpointer(tmp_path):
     cfg = _cfg(
         "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
@@ -93,6 +94,7 @@ def _classification_cfg(output_dir, root, rule, max_iter):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["kolen_pollack", "weight_mirror"])
 def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule):
     root = ensure_shapes_classification(

@@ -16,8 +16,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-from bio_detectron import add_bio_config
-from bio_detectron import visualize
+from bio_detectron import add_bio_config, visualize
 from bio_detectron.engine import BioTrainer
 from bio_detectron.visualize import detections, drawing
 
@@ -75,6 +74,7 @@ def plain(image, scale):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("input_format", ["RGB", "BGR"])
 def test_predict_equals_default_predictor(weights, input_format):
     cfg = instant_cfg("MODEL.WEIGHTS", weights[1], "INPUT.FORMAT", input_format)
@@ -117,6 +117,7 @@ def test_ground_truth_as_instances():
     np.testing.assert_array_equal(plain(image, 2), image.repeat(2, axis=0).repeat(2, axis=1))
 
 
+@pytest.mark.slow
 def test_two_models_and_ground_truth_side_by_side(weights, tmp_path):
     out, grid = tmp_path / "out", tmp_path / "grid.png"
     scale, G, T = 2, visualize.GAP, visualize.TITLE_HEIGHT
@@ -156,6 +157,7 @@ def test_two_models_and_ground_truth_side_by_side(weights, tmp_path):
     assert (figure[T + S : T + S + G] == 255).all()
 
 
+@pytest.mark.slow
 def test_input_files_with_config_options_after_them(weights, tmp_path):
     record = DatasetCatalog.get("shapes_val_mini")[0]
     image = read_image(record["file_name"], format="RGB")[:80, :]  # 80 x 96: not square
@@ -175,6 +177,7 @@ def test_input_files_with_config_options_after_them(weights, tmp_path):
     assert (figure[visualize.TITLE_HEIGHT :] != plain(image, 1)).any(axis=2).sum() > 100
 
 
+@pytest.mark.slow
 def test_config_options_apply_to_every_model(weights, tmp_path, monkeypatch):
     seen = []
     build = visualize.load_model
@@ -194,6 +197,7 @@ def test_config_options_apply_to_every_model(weights, tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_figure_for_the_demo(weights, tmp_path, monkeypatch):
     titles, title_band = [], visualize.title_band
     monkeypatch.setattr(drawing, "title_band", lambda t, w: titles.append(t) or title_band(t, w))
@@ -251,6 +255,7 @@ def test_errors_name_the_bad_argument(weights, tmp_path):
         assert message in str(e.value), (command, str(e.value))
 
 
+@pytest.mark.slow
 def test_input_without_registered_test_dataset_warns(weights, tmp_path):
     path = tmp_path / "cells.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
@@ -261,6 +266,7 @@ def test_input_without_registered_test_dataset_warns(weights, tmp_path):
         run(f"{ok_input} DATASETS.TEST ('nope',)")
 
 
+@pytest.mark.slow
 def test_command_line_error_exits_with_the_message(weights):
     tool = os.path.join(REPO, "tools", "visualize.py")
     command = f"--config-file {INSTANT} --config-file {INSTANT} --weights {weights[0]} --dataset x"

@@ -3,10 +3,10 @@
 Time a training step (forward, backward, SGD) per learning rule against native backprop.
 
 Rules and native autograd run in interleaved rounds, each in a new random order, so that drifts of
-the machine's speed hit them alike; the figure reported per rule is the median over rounds of (rule's step time / native step
-time measured in the same round), with a distribution-free 95 % interval for that median (order
-statistics of the per-round ratios): a goal such as "<= 1.02x" is shown when the interval's upper
-end is under it.
+the machine's speed hit them alike; the figure reported per rule is the median over rounds of
+(rule's step time / native step time measured in the same round), with a distribution-free 95 %
+interval for that median (order statistics of the per-round ratios), so that a difference can be
+read against the run's own noise.
 
     python tools/benchmark_rules.py [--batch 8] [--size 224] [--rounds 7] [--device cpu]
     python tools/benchmark_rules.py --arch resnet50 --batch 64 --amp --channels-last

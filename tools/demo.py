@@ -207,15 +207,22 @@ def main():
     configs = [config.format(r) for r in args.rules]
     if args.budgets:
         if any(b < 1 for b in args.budgets) or "SOLVER.MAX_ITER" in args.opts:
-            parser.error("--budgets takes positive iteration counts and sets SOLVER.MAX_ITER itself")
-        return sweep(args.rules, configs, args.output_dir, sorted(set(args.budgets)), args.opts, args.rerun)
+            parser.error(
+                "--budgets takes positive iteration counts and sets SOLVER.MAX_ITER itself"
+            )
+        return sweep(
+            args.rules, configs, args.output_dir, sorted(set(args.budgets)), args.opts, args.rerun
+        )
     rows = [train(r, c, d, args.opts) for r, c, d in zip(args.rules, configs, output_dirs)]
     print(f"\n{HEADER}\n|" + "---|" * HEADER.count(" | ") + "---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if not args.no_figure:
         figure = os.path.abspath(args.figure or os.path.join(args.output_dir, "detections.png"))
-        print(f"\nDetections on the first validation images: {draw(configs, args.rules, output_dirs, figure, args.opts)}")
+        print(
+            "\nDetections on the first validation images: "
+            + draw(configs, args.rules, output_dirs, figure, args.opts)
+        )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 Where the time of a tools/train_net.py run goes: the real trainer (BioTrainer, its hooks and data
 loader) on a config, with each part of an iteration timed, then evaluation and start-up.
 
-    python tools/profile_train.py --config-file configs/Shapes-Detection/retinanet_R_18_FPN_sign_symmetry.yaml \\
+    python tools/profile_train.py \\
+        --config-file configs/Shapes-Detection/retinanet_R_18_FPN_sign_symmetry.yaml \\
         --iters 120 [KEY VALUE ...]
 
 Prints one table: per part, milliseconds per iteration (mean over the iterations after the first
 ``--warmup``) and its share of the iteration; the alignment probe and writers run only every N
 iterations, so their mean is their amortised cost.
 """
+
 import argparse
 import collections
 import os
@@ -164,10 +166,13 @@ def main():
     n = clock.count
     total = clock.totals["iteration"] / n
     parts = {p: clock.totals[p] / n for p in PARTS}
-    parts[PARTS[3]] = (clock.totals["forward"] - clock.totals[PARTS[1]] - clock.totals[PARTS[2]]) / n
+    parts[PARTS[3]] = (
+        clock.totals["forward"] - clock.totals[PARTS[1]] - clock.totals[PARTS[2]]
+    ) / n
     parts[PARTS[7]] = total - sum(v for k, v in parts.items() if k != PARTS[7])
     print(
-        f"\n{args.config_file}: {n} iterations timed after {args.warmup} ({len(step_times)} steps), "
+        f"\n{args.config_file}: {n} iterations timed after {args.warmup} "
+        f"({len(step_times)} steps), "
         f"{total * 1000:.0f} ms per iteration; start-up {startup:.1f} s, training "
         f"{train_time:.1f} s in all"
     )

@@ -2,7 +2,8 @@
 """
 Train and evaluate detectron2 models with biologically-plausible learning rules.
 
-    python tools/train_net.py --config-file configs/Shapes-Detection/retinanet_R_18_FPN_sign_symmetry.yaml
+    python tools/train_net.py \\
+        --config-file configs/Shapes-Detection/retinanet_R_18_FPN_sign_symmetry.yaml
     python tools/train_net.py --config-file ... --num-gpus 2              # 2 processes (CPU: gloo)
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """

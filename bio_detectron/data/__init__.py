@@ -8,13 +8,27 @@ into ``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``; set the variable
 """
 
 from .cache import datasets_root
-from .datasets import (
-    CheckedDatasetMapper,
+from .datasets import CheckedDatasetMapper, load_coco_dataset
+from .generated import (
+    KINDS,
+    classification_folder,
+    ensure_classification_folder,
     ensure_dataset_files,
-    load_coco_dataset,
+    ensure_generated_dataset,
+    ensure_photos_classification,
+    ensure_photos_dataset,
+    ensure_shapes_classification,
+    ensure_shapes_dataset,
+    ensure_textures_dataset,
+    generated_dataset_paths,
+    photos_classification_dir,
+    photos_dataset_paths,
     register_generated_dataset,
     register_shapes_dataset,
     register_textures_dataset,
+    shapes_classification_dir,
+    shapes_dataset_paths,
+    textures_dataset_paths,
 )
 from .imagenet import (
     ImageFolderDataset,
@@ -24,48 +38,42 @@ from .imagenet import (
     build_classification_train_loader,
     classification_root,
 )
-from .shapes import (
-    CLASSIFICATION_CLASSES,
-    DETECTION_CLASSES,
-    ensure_shapes_classification,
-    ensure_shapes_dataset,
-    shapes_classification_dir,
-    shapes_dataset_paths,
-)
-from .photos import (
-    PHOTO_CLASSES,
-    ensure_photos_classification,
-    ensure_photos_dataset,
-    photos_dataset_paths,
-)
-from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset_paths
+from .photos import PHOTO_CLASSES
+from .shapes import CLASSIFICATION_CLASSES, DETECTION_CLASSES
+from .textures import TEXTURE_CLASSES
 
 __all__ = [
+    "CLASSIFICATION_CLASSES",
+    "DETECTION_CLASSES",
+    "KINDS",
+    "PHOTO_CLASSES",
+    "TEXTURE_CLASSES",
+    "CheckedDatasetMapper",
     "ImageFolderDataset",
     "UnreadableImageError",
     "build_classification_dataset",
     "build_classification_test_loader",
     "build_classification_train_loader",
+    "classification_folder",
     "classification_root",
-    "CLASSIFICATION_CLASSES",
-    "DETECTION_CLASSES",
-    "CheckedDatasetMapper",
     "datasets_root",
+    "ensure_classification_folder",
     "ensure_dataset_files",
+    "ensure_generated_dataset",
+    "ensure_photos_classification",
+    "ensure_photos_dataset",
     "ensure_shapes_classification",
     "ensure_shapes_dataset",
+    "ensure_textures_dataset",
+    "generated_dataset_paths",
     "load_coco_dataset",
+    "photos_classification_dir",
+    "photos_dataset_paths",
     "register_generated_dataset",
     "register_shapes_dataset",
     "register_textures_dataset",
     "shapes_classification_dir",
     "shapes_dataset_paths",
-    "PHOTO_CLASSES",
-    "ensure_photos_classification",
-    "ensure_photos_dataset",
-    "photos_dataset_paths",
-    "TEXTURE_CLASSES",
-    "ensure_textures_dataset",
     "textures_dataset_paths",
 ]
 
@@ -73,7 +81,7 @@ __all__ = [
 def _register_builtin_datasets() -> None:
     # Default sizes: what the demo trains on (1000 train / 200 val images; 160 px, photos 128 px).
     # Small copies at 96 px for smoke runs (configs/quick_schedules, tests).
-    for kind in ("shapes", "textures", "photos"):
+    for kind in KINDS:
         for split in ("train", "val"):
             register_generated_dataset(f"{kind}_{split}", kind, split)
             register_generated_dataset(

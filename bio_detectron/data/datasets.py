@@ -1,38 +1,19 @@
 """
-Loading COCO-format datasets with clear errors, and registering the embedded generated datasets
-(shapes, textures, photos).
-
-The embedded datasets are registered like ``register_coco_instances`` does (a DatasetCatalog
-entry that calls detectron2's ``load_coco_json``, and "coco" metadata), except that loading
-generates the files first when they are missing, so that ``import bio_detectron`` stays cheap.
+Loading COCO-format datasets and images with clear errors: the json, its images and unreadable
+files are named. (The embedded datasets are registered by :mod:`bio_detectron.data.generated`.)
 """
 
 import json
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetMapper
 from detectron2.data.datasets import load_coco_json
 
-from .cache import datasets_root
-from .shapes import DETECTION_CLASSES, ensure_shapes_dataset, shapes_dataset_paths
-from .photos import PHOTO_CLASSES, ensure_photos_dataset, photos_dataset_paths
-from .textures import TEXTURE_CLASSES, ensure_textures_dataset, textures_dataset_paths
-
-__all__ = [
-    "load_coco_dataset",
-    "CheckedDatasetMapper",
-    "register_generated_dataset",
-    "register_shapes_dataset",
-    "register_textures_dataset",
-    "ensure_dataset_files",
-]
+__all__ = ["CheckedDatasetMapper", "load_coco_dataset"]
 
 # How many missing image paths an error message lists before it only gives the count.
 _MAX_LISTED = 5
-
-# Dataset name -> function that makes its files exist. Filled by the register_*_dataset functions.
-_ENSURE_FILES: Dict[str, Callable[[], None]] = {}
 
 
 def _check_coco_json(json_file: str, image_root: str) -> None:
@@ -46,8 +27,7 @@ def _check_coco_json(json_file: str, image_root: str) -> None:
         raise ValueError(f"COCO annotation file {json_file} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(
-            f"COCO annotation file {json_file} must hold a JSON object, "
-            f"got {type(data).__name__}"
+            f"COCO annotation file {json_file} must hold a JSON object, got {type(data).__name__}"
         )
     missing_keys = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing_keys:
@@ -145,98 +125,3 @@ class CheckedDatasetMapper(DatasetMapper):
             if "sem_seg_file_name" in dataset_dict:
                 path = f"{path} (or its sem_seg file {dataset_dict['sem_seg_file_name']})"
             raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-# Generated dataset kind -> (paths function, ensure function, class names, default image size).
-# Both functions take (split, root, image_size, num_train, num_val, seed).
-_GENERATED = {
-    "shapes": (shapes_dataset_paths, ensure_shapes_dataset, DETECTION_CLASSES, 160),
-    "textures": (textures_dataset_paths, ensure_textures_dataset, TEXTURE_CLASSES, 160),
-    "photos": (photos_dataset_paths, ensure_photos_dataset, PHOTO_CLASSES, 128),
-}
-
-
-def register_generated_dataset(
-    name: str,
-    kind: str,
-    split: str,
-    root: Optional[str] = None,
-    image_size: Optional[int] = None,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> None:
-    """
-    Register a split of a generated detection dataset under ``name``, with "coco" metadata.
-
-    Nothing is generated here: the files are generated when the dataset is first loaded through
-    ``DatasetCatalog.get(name)`` or :func:`ensure_dataset_files`. The cache folder is resolved now,
-    so ``$BIO_DETECTRON_DATASETS`` must be set before this is called (for the built-in names such
-    as "shapes_train", before ``import bio_detectron``).
-
-    Args:
-        name: the dataset name, e.g. "shapes_train".
-        kind: "shapes" (:mod:`bio_detectron.data.shapes`), "textures"
-            (:mod:`bio_detectron.data.textures`) or "photos" (:mod:`bio_detectron.data.photos`).
-        split: "train" or "val".
-        image_size: side of the square images; None: the kind's own (160, 160 and 128 px).
-        root, num_train, num_val, seed: see
-            :func:`bio_detectron.data.shapes.ensure_shapes_dataset`.
-    """
-    if kind not in _GENERATED:
-        raise ValueError(f"Unknown generated dataset kind {kind!r}; allowed: {sorted(_GENERATED)}")
-    paths, ensure_files, classes, default_size = _GENERATED[kind]
-    image_size = default_size if image_size is None else image_size
-    # Resolve the root once, so that the metadata and the generated files cannot disagree on it.
-    options = (split, datasets_root(root), image_size, num_train, num_val, seed)
-    json_file, image_root = paths(*options)
-
-    def ensure():
-        ensure_files(*options)
-
-    def load():
-        ensure()
-        return load_coco_dataset(json_file, image_root, name)
-
-    DatasetCatalog.register(name, load)
-    _ENSURE_FILES[name] = ensure
-    # The category mapping is set now, not only by load_coco_json, because COCOEvaluator needs it
-    # in --eval-only runs that never load the dataset itself. load_coco_json sets equal values.
-    MetadataCatalog.get(name).set(
-        json_file=json_file,
-        image_root=image_root,
-        evaluator_type="coco",
-        thing_classes=list(classes),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(classes))},
-    )
-
-
-def register_shapes_dataset(name: str, split: str, **options) -> None:
-    """
-    Register a split of the generated shapes detection dataset under ``name``:
-    ``register_generated_dataset(name, "shapes", split, **options)``.
-    """
-    register_generated_dataset(name, "shapes", split, **options)
-
-
-def register_textures_dataset(name: str, split: str, **options) -> None:
-    """
-    Register a split of the generated textures detection dataset under ``name``:
-    ``register_generated_dataset(name, "textures", split, **options)``.
-    """
-    register_generated_dataset(name, "textures", split, **options)
-
-
-def ensure_dataset_files(dataset_name: str) -> None:
-    """
-    Make sure the files of a registered dataset exist before something opens them directly.
-
-    Call it before building a ``COCOEvaluator``, which opens ``metadata.json_file`` in its
-    constructor. Generates the embedded datasets when missing; a no-op for any other dataset.
-
-    Args:
-        dataset_name: a name registered in ``DatasetCatalog``.
-    """
-    ensure = _ENSURE_FILES.get(dataset_name)
-    if ensure is not None:
-        ensure()

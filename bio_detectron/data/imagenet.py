@@ -22,8 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
-from .photos import ensure_photos_classification
-from .shapes import ensure_shapes_classification
+from .generated import KINDS, ensure_classification_folder
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -47,13 +46,6 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 ENV_IMAGENET_ROOT = "IMAGENET_ROOT"
 
 
-# DATASETS.GENERATED_CLASSIFICATION -> the function that makes that folder exist.
-_GENERATED_FOLDERS = {
-    "shapes": ensure_shapes_classification,
-    "photos": ensure_photos_classification,
-}
-
-
 class UnreadableImageError(RuntimeError):
     """An image file that PIL cannot open or decode."""
 
@@ -72,13 +64,15 @@ def classification_root(cfg) -> str:
         root, source = os.environ.get(ENV_IMAGENET_ROOT, ""), f"${ENV_IMAGENET_ROOT}"
     if not root:
         kind = cfg.DATASETS.GENERATED_CLASSIFICATION
-        if kind not in _GENERATED_FOLDERS:
+        folders = sorted(k for k, spec in KINDS.items() if spec.render_classification)
+        if kind not in folders:
             raise ValueError(
                 f"DATASETS.GENERATED_CLASSIFICATION={kind!r} is not a generated folder; use one of "
-                f"{sorted(_GENERATED_FOLDERS)}"
+                f"{folders}"
             )
         sizes = cfg.DATASETS.SHAPES_CLASSIFICATION
-        root = _GENERATED_FOLDERS[kind](
+        root = ensure_classification_folder(
+            kind,
             image_size=sizes.IMAGE_SIZE,
             num_train_per_class=sizes.NUM_TRAIN_PER_CLASS,
             num_val_per_class=sizes.NUM_VAL_PER_CLASS,

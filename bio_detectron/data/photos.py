@@ -17,34 +17,26 @@ Every pixel comes from a photograph that an installed package ships (scikit-imag
 
 Images are 128 px with 2-5 objects of 18-64 px (the side of their box), placed so that none
 covers more than 30 % of an earlier one's box. Annotations are COCO boxes, areas and the polygon of
-each cut (the mask that was pasted). Like shapes and textures, the set is a deterministic function
-of its parameters and seed, generated once into the same cache, through the same COCO writer.
-
-A classification folder of the same content (one object per image, :func:`ensure_photos_classification`)
-lets ``tools/train_imagenet.py`` pre-train a backbone on it (``DATASETS.GENERATED_CLASSIFICATION``).
+each cut (the mask that was pasted). Like shapes and textures, the set is written by
+:mod:`bio_detectron.data.generated`: deterministically, once, into the same cache, through the same
+COCO writer; so is a classification folder of the same content (one object per image), on which
+``tools/train_imagenet.py`` can pre-train a backbone (``DATASETS.GENERATED_CLASSIFICATION``).
 """
 
 import functools
 import hashlib
 import logging
 import math
-import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
-from .cache import check_sizes, dataset_dir, datasets_root, generate_once
-from .coco_writer import save_jpeg, split_paths, write_coco_dataset
-from .drawing import polygon_mask
+from .drawing import Layout, box_intersection, finish, place_objects, polygon_mask
 
 __all__ = [
     "PHOTO_CLASSES",
-    "ensure_photos_classification",
-    "ensure_photos_dataset",
-    "generate_photos_detection",
-    "photos_classification_dir",
-    "photos_dataset_paths",
+    "render_photos_classification_image",
     "render_photos_image",
     "source_photo",
 ]
@@ -53,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # Bump whenever the generator's output changes: it is part of the cache folder's name.
 GENERATOR_VERSION = 1
+# The COCO supercategory of every class.
+SUPERCATEGORY = "photo"
 
 # Category ids in the COCO json are 1-based positions in this tuple.
 PHOTO_CLASSES = (
@@ -132,9 +126,6 @@ _DIGESTS = {
     "rocket": "81d3b8a1",
     "text": "bc1f9f2d",
 }
-
-# Each split draws from its own random stream (not those of shapes or textures).
-_STREAMS = {"train": 20, "val": 21, "cls_train": 22, "cls_val": 23}
 
 _MISSING = (
     "The photos dataset is cut from photographs that scikit-image and scikit-learn ship; install "
@@ -285,7 +276,7 @@ def _place(rng, image, category, length, boxes, max_occlusion) -> Optional[Dict]
     box = [*polygon.min(axis=0).tolist(), *polygon.max(axis=0).tolist()]
     area = (box[2] - box[0]) * (box[3] - box[1])
     for other in boxes:
-        inter = _intersection(box, other)
+        inter = box_intersection(box, other)
         if inter > max_occlusion * min(area, (other[2] - other[0]) * (other[3] - other[1])):
             return None
     inv = np.linalg.inv(affine)
@@ -295,23 +286,13 @@ def _place(rng, image, category, length, boxes, max_occlusion) -> Optional[Dict]
     return {"category": category, "polygon": polygon, "bbox": box}
 
 
-def _intersection(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return max(w, 0.0) * max(h, 0.0)
-
-
-def _finish(rng, image: np.ndarray) -> Image.Image:
-    pixels = image + rng.normal(0.0, 3.0, size=image.shape).astype(np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+# 2-5 objects whose cut's longer side is 14-50 % of the image side (18-64 px at 128 px), none
+# covering more than 30 % of the smaller of its own and an earlier one's box.
+LAYOUT = Layout(num_objects=(2, 5), scale_range=(0.14, 0.5), max_occlusion=0.3)
 
 
 def render_photos_image(
-    rng: np.random.Generator,
-    image_size: int = 128,
-    num_objects: Tuple[int, int] = (2, 5),
-    scale_range: Tuple[float, float] = (0.14, 0.5),
-    max_occlusion: float = 0.3,
+    rng: np.random.Generator, image_size: int = 128, layout: Layout = LAYOUT
 ) -> Tuple[Image.Image, List[Dict]]:
     """
     Draw one image of objects cut from photographs on a photograph.
@@ -319,10 +300,7 @@ def render_photos_image(
     Args:
         rng: the random generator of this image.
         image_size: side of the square image, in pixels.
-        num_objects: the range of objects per image (fewer when they do not fit).
-        scale_range: range of the longer side of an object's cut as a fraction of the image side
-            (log-uniform; 18-64 px at 128 px).
-        max_occlusion: largest fraction of an earlier object's box that a later one may cover.
+        layout: how many objects, of which size (the longer side of the cut), how much overlap.
 
     Returns:
         (image, objects): the RGB image and a list of dicts with "category" (an index into
@@ -330,156 +308,22 @@ def render_photos_image(
         "bbox" ([x0, y0, x1, y1]).
     """
     image = _background(rng, image_size)
-    objects: List[Dict] = []
-    wanted = int(rng.integers(num_objects[0], num_objects[1] + 1))
-    log_lo, log_hi = math.log(scale_range[0]), math.log(scale_range[1])
-    for _ in range(wanted * 10):  # bounded retries: a crowded image keeps fewer objects
-        if len(objects) == wanted:
-            break
-        category = int(rng.integers(len(PHOTO_CLASSES)))
-        length = image_size * math.exp(rng.uniform(log_lo, log_hi))
-        placed = _place(rng, image, category, length, [o["bbox"] for o in objects], max_occlusion)
-        if placed is not None:
-            objects.append(placed)
-    return _finish(rng, image), objects
+
+    def place(category, fraction, objects):
+        boxes = [o["bbox"] for o in objects]
+        return _place(rng, image, category, image_size * fraction, boxes, layout.max_occlusion)
+
+    objects = place_objects(rng, layout, len(PHOTO_CLASSES), place)
+    return finish(image, rng, noise_std=3.0), objects
 
 
-def render_photos_classification_image(
-    rng: np.random.Generator,
-    kind: str,
-    image_size: int = 64,
-    scale_range: Tuple[float, float] = (0.5, 0.9),
-) -> Image.Image:
-    """One object of class ``kind`` (a name in :data:`PHOTO_CLASSES`) on a background photograph."""
+def render_photos_classification_image(rng, kind: str, image_size: int = 64) -> Image.Image:
+    """
+    One object of class ``kind`` (a name in :data:`PHOTO_CLASSES`) on a background photograph,
+    its cut's longer side 50-90 % of the image side.
+    """
     image = _background(rng, image_size)
-    length = image_size * rng.uniform(*scale_range)
+    length = image_size * rng.uniform(0.5, 0.9)
     while _place(rng, image, PHOTO_CLASSES.index(kind), length, [], 1.0) is None:
         length *= 0.9  # turned, it did not fit
-    return _finish(rng, image)
-
-
-def _image_rng(seed: int, stream: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _STREAMS[stream], index])
-
-
-def generate_photos_detection(
-    output_dir: str, image_size: int = 128, num_train: int = 1000, num_val: int = 200, seed: int = 0
-) -> None:
-    """
-    Write the photos dataset into ``output_dir`` (not atomic: see :func:`ensure_photos_dataset`).
-    Layout: ``{train,val}/<index>.jpg`` and ``annotations/instances_{train,val}.json``.
-    """
-    write_coco_dataset(
-        output_dir,
-        {"train": num_train, "val": num_val},
-        image_size,
-        render=render_photos_image,
-        image_rng=functools.partial(_image_rng, seed),
-        class_names=PHOTO_CLASSES,
-        supercategory="photo",
-        name="photos",
-        version=GENERATOR_VERSION,
-    )
-
-
-def photos_dataset_paths(
-    split: str,
-    root: Optional[str] = None,
-    image_size: int = 128,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """(json_file, image_root) of a split of the photos dataset, without generating it."""
-    folder = dataset_dir("photos", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
-    return split_paths(folder, split)
-
-
-def ensure_photos_dataset(
-    split: str = "train",
-    root: Optional[str] = None,
-    image_size: int = 128,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """
-    Make sure the photos dataset exists, generating both splits on first use, into
-    ``<root>/photos_v<version>_<size>px_train<n>_val<m>_seed<seed>/``.
-
-    Args:
-        split: "train" or "val".
-        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
-        image_size: side of the square images, in pixels (>= 64).
-        num_train, num_val: number of images per split.
-        seed: seed of the random streams.
-
-    Returns:
-        (json_file, image_root) of the split.
-    """
-    paths = photos_dataset_paths(split, root, image_size, num_train, num_val, seed)
-    check_sizes(image_size, {"num_train": num_train, "num_val": num_val}, minimum=64)
-    generate_once(
-        dataset_dir("photos", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
-        lambda out: generate_photos_detection(out, image_size, num_train, num_val, seed),
-    )
-    return paths
-
-
-def photos_classification_dir(
-    root: Optional[str] = None,
-    image_size: int = 64,
-    num_train_per_class: int = 100,
-    num_val_per_class: int = 20,
-    seed: int = 0,
-) -> str:
-    """Where the photos classification folder lives, without generating it."""
-    name = (
-        f"photos_cls_v{GENERATOR_VERSION}_{image_size}px"
-        f"_train{num_train_per_class}_val{num_val_per_class}_seed{seed}"
-    )
-    return os.path.join(datasets_root(root), name)
-
-
-def ensure_photos_classification(
-    root: Optional[str] = None,
-    image_size: int = 64,
-    num_train_per_class: int = 100,
-    num_val_per_class: int = 20,
-    seed: int = 0,
-) -> str:
-    """
-    Make sure the photos classification folder exists, generating it on first use:
-    ``{train,val}/<class>/<class>_<index>.JPEG`` for the 10 classes of :data:`PHOTO_CLASSES`, one
-    object per image, as torchvision's ``ImageFolder`` reads it.
-
-    Returns:
-        str: the dataset folder.
-    """
-    check_sizes(
-        image_size,
-        {"num_train_per_class": num_train_per_class, "num_val_per_class": num_val_per_class},
-        minimum=32,
-    )
-    target = photos_classification_dir(
-        root, image_size, num_train_per_class, num_val_per_class, seed
-    )
-
-    def generate(out):
-        counts = (("train", num_train_per_class), ("val", num_val_per_class))
-        _write_classification(out, counts, image_size, seed)
-
-    return generate_once(target, generate)
-
-
-def _write_classification(output_dir: str, counts: Sequence, image_size: int, seed: int) -> None:
-    n = len(PHOTO_CLASSES)
-    for split, per_class in counts:
-        for label, kind in enumerate(PHOTO_CLASSES):
-            class_dir = os.path.join(output_dir, split, kind)
-            os.makedirs(class_dir, exist_ok=True)
-            for index in range(per_class):
-                # Interleave the classes in one stream so that adding a class changes no index.
-                rng = _image_rng(seed, "cls_" + split, index * n + label)
-                img = render_photos_classification_image(rng, kind, image_size)
-                save_jpeg(img, os.path.join(class_dir, f"{kind}_{index:05d}.JPEG"))
+    return finish(image, rng, noise_std=3.0)

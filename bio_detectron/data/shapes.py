@@ -1,47 +1,35 @@
 """
-Embedded "shapes" datasets: images of coloured geometric shapes on cluttered backgrounds, generated
-on the machine instead of downloaded, so that detection and classification runs (demo, tests, CI)
-need no network and no dataset licence.
+The "shapes" images: coloured geometric shapes on cluttered backgrounds, drawn on the machine
+instead of downloaded, so that detection and classification runs (demo, tests, CI) need no network
+and no dataset licence.
 
-Two datasets of the same family are generated here:
-
-* a COCO-format **detection** dataset (JPEG files + ``instances_<split>.json`` with boxes, areas
-  and polygon masks), registered with detectron2 by :mod:`bio_detectron.data.datasets`;
-* an ImageNet-style **classification** folder (``<split>/<class>/*.JPEG``, one shape per image).
-
-Both are deterministic functions of their parameters and seed (same seed -> byte-identical JSON and
-images), generated once into a cache folder whose name encodes every parameter and the generator
-version, so that a changed generator never reuses stale files. Generation is atomic: it writes into
-a temporary folder next to the target and renames it, so several processes may start at once.
+Two renderers of the same family: a **detection** image (several shapes of 3 classes, with their
+polygons and boxes) and a **classification** image (one shape of 10 classes).
+:mod:`bio_detectron.data.generated` writes them as a COCO-format detection set and an
+ImageNet-style folder, deterministically and once.
 """
 
-import functools
 import math
-import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .cache import check_sizes, dataset_dir, datasets_root, generate_once
-from .coco_writer import save_jpeg, split_paths, write_coco_dataset
-from .drawing import hsv_color, polygon_mask
+from .._deprecation import moved_names
+from .drawing import Layout, box_intersection, finish, hsv_color, place_objects, polygon_mask
 
 __all__ = [
-    "DETECTION_CLASSES",
     "CLASSIFICATION_CLASSES",
-    "shapes_dataset_paths",
-    "ensure_shapes_dataset",
-    "shapes_classification_dir",
-    "ensure_shapes_classification",
-    "generate_shapes_detection",
-    "generate_shapes_classification",
-    "render_detection_image",
+    "DETECTION_CLASSES",
+    "color_field",
     "render_classification_image",
+    "render_detection_image",
 ]
 
 # Bump whenever the generator's output changes: it is part of every cache folder's name.
 GENERATOR_VERSION = 1
+# The COCO supercategory of every class.
+SUPERCATEGORY = "shape"
 
 # Category ids in the COCO json are 1-based positions in this tuple.
 DETECTION_CLASSES = ("circle", "square", "triangle")
@@ -58,16 +46,14 @@ CLASSIFICATION_CLASSES = (
     "diamond",
 )
 
-# Each split draws from its own random stream, so that e.g. val never repeats train images.
-_STREAMS = {"train": 0, "val": 1, "cls_train": 2, "cls_val": 3}
-
 # Vertices used to approximate round shapes. The same polygon is drawn and written as the
 # segmentation, so that the mask a model learns from is exactly what is in the image.
 _ROUND_VERTICES = 48
 
 
 # ------------------------------------------------------------------------------------------------
-# Geometry: every shape is an outer polygon (plus holes for the ring) of circumradius 1 at the origin.
+# Geometry: every shape is an outer polygon (plus holes for the ring) of circumradius 1 at the
+# origin.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -204,25 +190,16 @@ def _draw_shape(img: Image.Image, outer: np.ndarray, holes: List[np.ndarray], co
 
 
 def _finish(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    # Fine pixel noise over everything, so that no object is a perfectly flat colour.
-    pixels = np.asarray(img, dtype=np.float32)
-    pixels = pixels + rng.normal(0.0, 4.0, size=pixels.shape).astype(np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+    return finish(np.asarray(img, dtype=np.float32), rng, noise_std=4.0)
 
 
-def _box_intersection(a: Sequence[float], b: Sequence[float]) -> float:
-    # Boxes as [x0, y0, x1, y1].
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return max(w, 0.0) * max(h, 0.0)
+# 1-5 shapes of 10-50 % of the image side (circumscribed diameter), none covering more than 30 %
+# of an earlier one's box, nor 30 % of its own by a later one.
+LAYOUT = Layout(num_objects=(1, 5), scale_range=(0.1, 0.5), max_occlusion=0.3)
 
 
 def render_detection_image(
-    rng: np.random.Generator,
-    image_size: int = 160,
-    max_objects: int = 5,
-    scale_range: Tuple[float, float] = (0.1, 0.5),
-    max_occlusion: float = 0.3,
+    rng: np.random.Generator, image_size: int = 160, layout: Layout = LAYOUT
 ) -> Tuple[Image.Image, List[Dict]]:
     """
     Draw one detection image.
@@ -234,8 +211,7 @@ def render_detection_image(
     Args:
         rng: the random generator of this image.
         image_size: side of the square image, in pixels.
-        max_objects: each image gets between 1 and this many objects (fewer if they do not fit).
-        scale_range: range of the shapes' circumscribed diameter as a fraction of the image side,
+        layout: how many shapes, of which size (their circumscribed diameter), how much overlap:
             sampled log-uniformly so that small and large objects are equally common.
         max_occlusion: largest fraction of an earlier object's box that a later one may cover.
 
@@ -245,31 +221,31 @@ def render_detection_image(
         ([x0, y0, x1, y1]) and "color" ((r, g, b) as drawn, before noise and JPEG).
     """
     img = _background(rng, image_size)
-    objects: List[Dict] = []
-    wanted = int(rng.integers(1, max_objects + 1))
-    log_lo, log_hi = math.log(scale_range[0]), math.log(scale_range[1])
-    # Bounded retries: a crowded image keeps fewer objects instead of looping.
-    for _ in range(wanted * 10):
-        if len(objects) == wanted:
-            break
-        category = int(rng.integers(len(DETECTION_CLASSES)))
-        radius = 0.5 * image_size * math.exp(rng.uniform(log_lo, log_hi))
+
+    def place(category, fraction, objects):
+        radius = 0.5 * image_size * fraction
         # The circumscribed circle stays inside the image, so no shape is cut by the border.
         center = rng.uniform(radius, image_size - radius, size=2)
         outer, holes = _place_shape(DETECTION_CLASSES[category], rng, center, radius)
         box = [*outer.min(axis=0).tolist(), *outer.max(axis=0).tolist()]
         area = (box[2] - box[0]) * (box[3] - box[1])
         if any(
-            _box_intersection(box, o["bbox"]) > max_occlusion * o["box_area"]
-            or _box_intersection(box, o["bbox"]) > max_occlusion * area
+            box_intersection(box, o["bbox"]) > layout.max_occlusion * o["box_area"]
+            or box_intersection(box, o["bbox"]) > layout.max_occlusion * area
             for o in objects
         ):
-            continue
+            return None
         color = _object_color(rng)
         _draw_shape(img, outer, holes, color)
-        objects.append(
-            {"category": category, "polygon": outer, "bbox": box, "box_area": area, "color": color}
-        )
+        return {
+            "category": category,
+            "polygon": outer,
+            "bbox": box,
+            "box_area": area,
+            "color": color,
+        }
+
+    objects = place_objects(rng, layout, len(DETECTION_CLASSES), place)
     for o in objects:
         del o["box_area"]
     return _finish(img, rng), objects
@@ -302,193 +278,40 @@ def render_classification_image(
     return _finish(img, rng)
 
 
-# ------------------------------------------------------------------------------------------------
-# Writing datasets to disk
-# ------------------------------------------------------------------------------------------------
-
-
-def _image_rng(seed: int, stream: str, index: int) -> np.random.Generator:
-    # One independent generator per image: the content of an image does not depend on how many
-    # images were generated before it, and the splits never share a stream.
-    return np.random.default_rng([seed, _STREAMS[stream], index])
-
-
-def _color_field(obj: Dict) -> Dict:
-    # Not part of COCO; kept for tests and visual checks of the generator.
+def color_field(obj: Dict) -> Dict:
+    """The drawn colour of an object, as an annotation field beyond COCO's (for tests and visual
+    checks of the generator)."""
     return {"color": list(obj["color"])}
 
 
-def generate_shapes_detection(
-    output_dir: str, image_size: int = 160, num_train: int = 1000, num_val: int = 200, seed: int = 0
-) -> None:
-    """
-    Write the detection dataset into ``output_dir`` (not atomic: see :func:`ensure_shapes_dataset`).
-
-    Layout: ``{train,val}/<index>.jpg`` and ``annotations/instances_{train,val}.json``.
-
-    Args:
-        output_dir: an existing folder to write into.
-        image_size: side of the square images, in pixels.
-        num_train: number of training images.
-        num_val: number of validation images.
-        seed: seed of the random streams; train and val draw from different streams of it.
-    """
-    write_coco_dataset(
-        output_dir,
-        {"train": num_train, "val": num_val},
-        image_size,
-        render=render_detection_image,
-        image_rng=functools.partial(_image_rng, seed),
-        class_names=DETECTION_CLASSES,
-        supercategory="shape",
-        name="shapes",
-        version=GENERATOR_VERSION,
-        extra_fields=_color_field,
-    )
-
-
-def generate_shapes_classification(
-    output_dir: str,
-    image_size: int = 64,
-    num_train_per_class: int = 100,
-    num_val_per_class: int = 20,
-    seed: int = 0,
-) -> None:
-    """
-    Write the classification dataset into ``output_dir`` (not atomic: see
-    :func:`ensure_shapes_classification`).
-
-    Layout: ``{train,val}/<class_name>/<class_name>_<index>.JPEG``, one folder per name in
-    :data:`CLASSIFICATION_CLASSES`, as torchvision's ``ImageFolder`` expects.
-
-    Args:
-        output_dir: an existing folder to write into.
-        image_size: side of the square images, in pixels.
-        num_train_per_class: training images per class.
-        num_val_per_class: validation images per class.
-        seed: seed of the random streams; train and val draw from different streams of it.
-    """
-    num_classes = len(CLASSIFICATION_CLASSES)
-    for split, per_class in (("train", num_train_per_class), ("val", num_val_per_class)):
-        for label, kind in enumerate(CLASSIFICATION_CLASSES):
-            class_dir = os.path.join(output_dir, split, kind)
-            os.makedirs(class_dir, exist_ok=True)
-            for index in range(per_class):
-                # Interleave the classes in one stream so that adding a class changes no index.
-                rng = _image_rng(seed, "cls_" + split, index * num_classes + label)
-                img = render_classification_image(rng, kind, image_size)
-                save_jpeg(img, os.path.join(class_dir, f"{kind}_{index:05d}.JPEG"))
-
-
-def shapes_dataset_paths(
-    split: str,
-    root: Optional[str] = None,
-    image_size: int = 160,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """
-    Where a split of the detection dataset lives, without generating it.
-
-    Args: as :func:`ensure_shapes_dataset`.
-
-    Returns:
-        (json_file, image_root) of the split.
-    """
-    folder = dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
-    return split_paths(folder, split)
-
-
-def ensure_shapes_dataset(
-    split: str = "train",
-    root: Optional[str] = None,
-    image_size: int = 160,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """
-    Make sure the detection dataset exists, generating both splits on first use.
-
-    Cache layout: ``<root>/shapes_v<version>_<size>px_train<n>_val<m>_seed<seed>/`` holding
-    ``{train,val}/*.jpg`` and ``annotations/instances_{train,val}.json``.
-
-    Args:
-        split: "train" or "val".
-        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
-        image_size: side of the square images, in pixels.
-        num_train: number of training images.
-        num_val: number of validation images.
-        seed: seed of the random streams.
-
-    Returns:
-        (json_file, image_root) of the split, ready for ``load_coco_json``.
-    """
-    paths = shapes_dataset_paths(split, root, image_size, num_train, num_val, seed)
-    check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
-    generate_once(
-        dataset_dir("shapes", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
-        lambda out: generate_shapes_detection(out, image_size, num_train, num_val, seed),
-    )
-    return paths
-
-
-def shapes_classification_dir(
-    root: Optional[str] = None,
-    image_size: int = 64,
-    num_train_per_class: int = 100,
-    num_val_per_class: int = 20,
-    seed: int = 0,
-) -> str:
-    """
-    Where the classification dataset lives, without generating it.
-
-    Args: as :func:`ensure_shapes_classification`.
-
-    Returns:
-        str: the dataset folder, holding ``train/`` and ``val/``.
-    """
-    name = (
-        f"shapes_cls_v{GENERATOR_VERSION}_{image_size}px"
-        f"_train{num_train_per_class}_val{num_val_per_class}_seed{seed}"
-    )
-    return os.path.join(datasets_root(root), name)
-
-
-def ensure_shapes_classification(
-    root: Optional[str] = None,
-    image_size: int = 64,
-    num_train_per_class: int = 100,
-    num_val_per_class: int = 20,
-    seed: int = 0,
-) -> str:
-    """
-    Make sure the classification dataset exists, generating it on first use.
-
-    Cache layout: ``<root>/shapes_cls_v<version>_<size>px_train<n>_val<m>_seed<seed>/`` holding
-    ``{train,val}/<class_name>/*.JPEG`` for the 10 names in :data:`CLASSIFICATION_CLASSES`.
-
-    Args:
-        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
-        image_size: side of the square images, in pixels.
-        num_train_per_class: training images per class.
-        num_val_per_class: validation images per class.
-        seed: seed of the random streams.
-
-    Returns:
-        str: the dataset folder; ``<it>/train`` and ``<it>/val`` are ``ImageFolder`` roots.
-    """
-    check_sizes(
-        image_size,
-        {"num_train_per_class": num_train_per_class, "num_val_per_class": num_val_per_class},
-    )
-    target = shapes_classification_dir(
-        root, image_size, num_train_per_class, num_val_per_class, seed
-    )
-    return generate_once(
-        target,
-        lambda out: generate_shapes_classification(
-            out, image_size, num_train_per_class, num_val_per_class, seed
+# Moved to bio_detectron.data.generated (one mechanism for every kind); the old names keep working.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "shapes_dataset_paths": (
+            "bio_detectron.data.generated",
+            "generated_dataset_paths",
+            ("shapes",),
         ),
-    )
+        "ensure_shapes_dataset": (
+            "bio_detectron.data.generated",
+            "ensure_generated_dataset",
+            ("shapes",),
+        ),
+        "shapes_classification_dir": (
+            "bio_detectron.data.generated",
+            "classification_folder",
+            ("shapes",),
+        ),
+        "ensure_shapes_classification": (
+            "bio_detectron.data.generated",
+            "ensure_classification_folder",
+            ("shapes",),
+        ),
+        "generate_shapes_detection": (
+            "bio_detectron.data.generated",
+            "generate_detection",
+            ("shapes",),
+        ),
+    },
+)

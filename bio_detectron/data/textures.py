@@ -9,41 +9,32 @@ crosshatch, concentric rings, speckle), at a random scale and orientation. Backg
 noise, which none of the classes is. A detector must learn local, repetitive structure instead of
 shape and colour, with twice as many classes.
 
-Like the shapes dataset it is a deterministic function of its parameters and seed, generated once
-into the same cache (``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``), atomically, as
-COCO-format JSON (boxes, areas, polygon masks) and JPEG images.
+Like the shapes dataset it is written by :mod:`bio_detectron.data.generated`: deterministically,
+once, into the same cache, as COCO-format JSON (boxes, areas, polygon masks) and JPEG images.
 """
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
-from .coco_writer import split_paths, write_coco_dataset
-from .cache import check_sizes, dataset_dir, generate_once
-from .drawing import hsv_color, polygon_mask
+from .._deprecation import moved_names
+from .drawing import Layout, box_intersection, finish, hsv_color, place_objects, polygon_mask
 
-__all__ = [
-    "TEXTURE_CLASSES",
-    "ensure_textures_dataset",
-    "generate_textures_detection",
-    "render_textures_image",
-    "textures_dataset_paths",
-]
+__all__ = ["TEXTURE_CLASSES", "render_textures_image"]
 
 # Bump whenever the generator's output changes: it is part of the cache folder's name.
 GENERATOR_VERSION = 1
+# The COCO supercategory of every class.
+SUPERCATEGORY = "texture"
 
 # Category ids in the COCO json are 1-based positions in this tuple.
 TEXTURE_CLASSES = ("stripes", "checkerboard", "dots", "crosshatch", "rings", "speckle")
 
-# Each split draws from its own random stream (not those of the shapes datasets).
-_STREAMS = {"train": 10, "val": 11}
-
 
 def _rotated_coords(size: int, center, angle: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates relative to ``center``, rotated by ``angle``: (u, v), each (H, W)."""
+    """Pixel-centre coords relative to ``center``, rotated by ``angle``: (u, v), each (H, W)."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     xs, ys = xs - center[0], ys - center[1]
     c, s = math.cos(angle), math.sin(angle)
@@ -113,7 +104,7 @@ def _outline(rng: np.random.Generator, center, radius: float) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Cloudy noise: random fields at three coarse scales, upsampled and summed; (H, W, 3) floats."""
+    """Cloudy noise: random fields at three coarse scales, upsampled, summed; (H, W, 3) floats."""
     image = np.zeros((size, size, 3), dtype=np.float32)
     base = np.array(hsv_color(rng, (0.0, 0.4), (0.25, 0.75)), dtype=np.float32)
     for cells, amplitude in ((3, 40.0), (6, 25.0), (12, 12.0)):
@@ -124,12 +115,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image + base
 
 
+# 1-4 objects of 20-50 % of the image side (circumscribed diameter), none covering more than 20 %
+# of the smaller of its own and an earlier one's box.
+LAYOUT = Layout(num_objects=(1, 4), scale_range=(0.2, 0.5), max_occlusion=0.2)
+
+
 def render_textures_image(
-    rng: np.random.Generator,
-    image_size: int = 160,
-    max_objects: int = 4,
-    scale_range: Tuple[float, float] = (0.2, 0.5),
-    max_occlusion: float = 0.2,
+    rng: np.random.Generator, image_size: int = 160, layout: Layout = LAYOUT
 ) -> Tuple[Image.Image, List[Dict]]:
     """
     Draw one image of textured objects.
@@ -137,8 +129,7 @@ def render_textures_image(
     Args:
         rng: the random generator of this image.
         image_size: side of the square image, in pixels.
-        max_objects: each image gets between 1 and this many objects (fewer if they do not fit).
-        scale_range: range of the objects' circumscribed diameter as a fraction of the image side
+        layout: how many objects, of which size (their circumscribed diameter), how much overlap;
             (log-uniform); the texture's period is 1/10-1/4 of it, and at least 5 px.
         max_occlusion: largest fraction of an earlier object's box that a later one may cover.
 
@@ -149,22 +140,19 @@ def render_textures_image(
     """
     size = image_size
     image = _background(rng, size)
-    objects: List[Dict] = []
-    wanted = int(rng.integers(1, max_objects + 1))
-    log_lo, log_hi = math.log(scale_range[0]), math.log(scale_range[1])
-    for _ in range(wanted * 10):  # bounded retries: a crowded image keeps fewer objects
-        if len(objects) == wanted:
-            break
-        category = int(rng.integers(len(TEXTURE_CLASSES)))
-        radius = 0.5 * size * math.exp(rng.uniform(log_lo, log_hi))
+
+    def place(category, fraction, objects):
+        nonlocal image
+        radius = 0.5 * size * fraction
         center = rng.uniform(radius, size - radius, size=2)
         outline = _outline(rng, center, radius)
         box = [*outline.min(axis=0).tolist(), *outline.max(axis=0).tolist()]
         area = (box[2] - box[0]) * (box[3] - box[1])
         if any(
-            _overlap(box, o["bbox"]) > max_occlusion * min(area, o["box_area"]) for o in objects
+            box_intersection(box, o["bbox"]) > layout.max_occlusion * min(area, o["box_area"])
+            for o in objects
         ):
-            continue
+            return None
         period = max(5.0, 2 * radius * rng.uniform(0.1, 0.25))
         pattern = _texture(TEXTURE_CLASSES[category], rng, size, center, period)[..., None]
         c0 = np.array(hsv_color(rng, (0.3, 1.0), (0.2, 1.0)), dtype=np.float32)
@@ -174,81 +162,32 @@ def render_textures_image(
         fill = c0 * pattern + c1 * (1.0 - pattern)
         mask = polygon_mask(outline, size, size)[..., None]
         image = np.where(mask, fill, image)
-        objects.append({"category": category, "polygon": outline, "bbox": box, "box_area": area})
+        return {"category": category, "polygon": outline, "bbox": box, "box_area": area}
+
+    objects = place_objects(rng, layout, len(TEXTURE_CLASSES), place)
     for o in objects:
         del o["box_area"]
-    pixels = image + rng.normal(0.0, 4.0, size=image.shape).astype(np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB"), objects
+    return finish(image, rng, noise_std=4.0), objects
 
 
-def _overlap(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return max(w, 0.0) * max(h, 0.0)
-
-
-def generate_textures_detection(
-    output_dir: str, image_size: int = 160, num_train: int = 1000, num_val: int = 200, seed: int = 0
-) -> None:
-    """
-    Write the textures dataset into ``output_dir`` (not atomic: see
-    :func:`ensure_textures_dataset`). Layout: ``{train,val}/<index>.jpg`` and
-    ``annotations/instances_{train,val}.json``.
-    """
-    write_coco_dataset(
-        output_dir,
-        {"train": num_train, "val": num_val},
-        image_size,
-        render=render_textures_image,
-        image_rng=lambda split, index: np.random.default_rng([seed, _STREAMS[split], index]),
-        class_names=TEXTURE_CLASSES,
-        supercategory="texture",
-        name="textures",
-        version=GENERATOR_VERSION,
-    )
-
-
-def textures_dataset_paths(
-    split: str,
-    root: Optional[str] = None,
-    image_size: int = 160,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """(json_file, image_root) of a split of the textures dataset, without generating it."""
-    folder = dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed)
-    return split_paths(folder, split)
-
-
-def ensure_textures_dataset(
-    split: str = "train",
-    root: Optional[str] = None,
-    image_size: int = 160,
-    num_train: int = 1000,
-    num_val: int = 200,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """
-    Make sure the textures dataset exists, generating both splits on first use, into
-    ``<root>/textures_v<version>_<size>px_train<n>_val<m>_seed<seed>/``.
-
-    Args:
-        split: "train" or "val".
-        root: cache folder; see :func:`bio_detectron.data.cache.datasets_root`.
-        image_size: side of the square images, in pixels (>= 32).
-        num_train, num_val: number of images per split.
-        seed: seed of the random streams.
-
-    Returns:
-        (json_file, image_root) of the split.
-    """
-    paths = textures_dataset_paths(split, root, image_size, num_train, num_val, seed)
-    if image_size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
-    check_sizes(image_size, {"num_train": num_train, "num_val": num_val})
-    generate_once(
-        dataset_dir("textures", GENERATOR_VERSION, root, image_size, num_train, num_val, seed),
-        lambda out: generate_textures_detection(out, image_size, num_train, num_val, seed),
-    )
-    return paths
+# Moved to bio_detectron.data.generated (one mechanism for every kind); the old names keep working.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "textures_dataset_paths": (
+            "bio_detectron.data.generated",
+            "generated_dataset_paths",
+            ("textures",),
+        ),
+        "ensure_textures_dataset": (
+            "bio_detectron.data.generated",
+            "ensure_generated_dataset",
+            ("textures",),
+        ),
+        "generate_textures_detection": (
+            "bio_detectron.data.generated",
+            "generate_detection",
+            ("textures",),
+        ),
+    },
+)

@@ -102,9 +102,7 @@ class AlignmentHook(HookBase):
         optimizer = getattr(self.trainer, "optimizer", None)
         if isinstance(optimizer, torch.optim.Optimizer):
             # Reached when the trainer does not call after_backward (probed there first).
-            self._step_handle = optimizer.register_step_pre_hook(
-                lambda *_: self.after_backward()
-            )
+            self._step_handle = optimizer.register_step_pre_hook(lambda *_: self.after_backward())
 
     def _capture(self, module, args, kwargs):
         # Only the training forward; an evaluation inside the step (no grad, eval mode) is not it.

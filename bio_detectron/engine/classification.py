@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.imagenet import (
     build_classification_dataset,
-    classification_root,
     build_classification_test_loader,
     build_classification_train_loader,
+    classification_root,
 )
 from ..modeling.classification import build_classifier
 from ..solver import build_bio_optimizer
@@ -261,8 +261,8 @@ class ClassificationTrainer(SimpleTrainer):
         checkpointer = ClassificationCheckpointer(model, cfg.OUTPUT_DIR)
         if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
             raise ValueError(
-                "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint in "
-                f"OUTPUT_DIR={cfg.OUTPUT_DIR!r})"
+                "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint "
+                f"in OUTPUT_DIR={cfg.OUTPUT_DIR!r})"
             )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         return cls.test(cfg, model, val_set)
@@ -329,27 +329,21 @@ class ClassificationTrainer(SimpleTrainer):
             self.storage.put_scalar("data/skipped_images", self.train_set.num_skipped)
 
 
-# The classification trainer with detectron2's AMPTrainer step (float16, grad scaler), and with the
-# forward under CPU bfloat16 autocast.
-AMPClassificationTrainer = with_precision(ClassificationTrainer, torch.float16)
+AMPClassificationTrainer = with_precision(ClassificationTrainer, torch.float16)  # CUDA
 CPUAMPClassificationTrainer = with_precision(ClassificationTrainer, torch.bfloat16)
 
 
 def build_classification_trainer(cfg) -> ClassificationTrainer:
-    """
-    The trainer for ``cfg``: with mixed precision when ``SOLVER.AMP.ENABLED``: float16 on CUDA,
-    bfloat16 on a CPU with native bfloat16, else full precision with a warning
-    (:func:`~.amp.precision_trainer_class`).
-    """
-    trainer = precision_trainer_class(
-        ClassificationTrainer, cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED"
-    )
-    return trainer(cfg)
+    """The trainer for ``cfg``, in the precision ``SOLVER.AMP.ENABLED`` gives on its device."""
+    amp, device = cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE
+    return precision_trainer_class(ClassificationTrainer, amp, device, "SOLVER.AMP.ENABLED")(cfg)
 
 
 def evaluate_checkpoint(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
     """Deprecated name of :meth:`ClassificationTrainer.evaluate`."""
     warnings.warn(
-        "evaluate_checkpoint is ClassificationTrainer.evaluate now", DeprecationWarning, stacklevel=2
+        "evaluate_checkpoint is ClassificationTrainer.evaluate now",
+        DeprecationWarning,
+        stacklevel=2,
     )
     return ClassificationTrainer.evaluate(cfg, resume=resume)

@@ -231,22 +231,14 @@ class LazyTrainer(SimpleTrainer):
         return self._last_eval_results
 
 
-# The lazy trainer with detectron2's AMPTrainer step (float16, grad scaler), and with the forward
-# under CPU bfloat16 autocast.
-AMPLazyTrainer = with_precision(LazyTrainer, torch.float16)
-CPUAMPLazyTrainer = with_precision(LazyTrainer, torch.bfloat16)
+AMPLazyTrainer = with_precision(LazyTrainer, torch.float16)  # float16 with a gradient scaler, CUDA
+CPUAMPLazyTrainer = with_precision(LazyTrainer, torch.bfloat16)  # bfloat16 autocast, CPU
 
 
 def build_lazy_trainer(cfg) -> LazyTrainer:
-    """
-    The trainer for ``cfg``: with mixed precision when ``train.amp.enabled``: float16 on CUDA,
-    bfloat16 on a CPU with native bfloat16, else full precision with a warning
-    (:func:`~.amp.precision_trainer_class`).
-    """
-    trainer = precision_trainer_class(
-        LazyTrainer, cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled"
-    )
-    return trainer(cfg)
+    """The trainer for ``cfg``, in the precision ``train.amp.enabled`` gives on its device."""
+    trainer = precision_trainer_class
+    return trainer(LazyTrainer, cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled")(cfg)
 
 
 def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:

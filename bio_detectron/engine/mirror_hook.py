@@ -239,7 +239,8 @@ def build_mirror_hook(
 
     Args:
         model: the model trained (DDP-wrapped or not).
-        options: some of :data:`~bio_detectron.mirror.MIRROR_DEFAULTS`' keys; the others take their default.
+        options: some of :data:`~bio_detectron.mirror.MIRROR_DEFAULTS`' keys; the others take
+            their default.
         seed: the run's seed (``MODEL.BIO.SEED``), for the noise.
         keys: option -> the name errors and warnings use, e.g. its config key.
         where: what ``options`` is called in an error about an unknown option.
@@ -281,4 +282,6 @@ def build_weight_mirror_hook(cfg, model: nn.Module) -> Optional[WeightMirrorHook
     :func:`build_mirror_hook` with ``MODEL.BIO.MIRROR.*`` (see :func:`bio_detectron.add_bio_config`)
     and ``MODEL.BIO.SEED``.
     """
-    return build_mirror_hook(model, mirror_options(cfg), seed=cfg.MODEL.BIO.SEED, keys=MIRROR_CFG_KEYS)
+    return build_mirror_hook(
+        model, mirror_options(cfg), seed=cfg.MODEL.BIO.SEED, keys=MIRROR_CFG_KEYS
+    )

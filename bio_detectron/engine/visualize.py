@@ -6,5 +6,7 @@ from ..visualize import *  # noqa: F401,F403
 from ..visualize import __all__  # noqa: F401
 
 warnings.warn(
-    "bio_detectron.engine.visualize moved to bio_detectron.visualize", DeprecationWarning, stacklevel=2
+    "bio_detectron.engine.visualize moved to bio_detectron.visualize",
+    DeprecationWarning,
+    stacklevel=2,
 )

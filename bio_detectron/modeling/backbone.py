@@ -1,4 +1,5 @@
 """detectron2's ResNet and RetinaNet ResNet-FPN backbones, trained with the configured rules."""
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import build_retinanet_resnet_fpn_backbone

@@ -1,6 +1,7 @@
 """``BioPlausible`` (yacs) and ``bio_plausible`` (LazyConfig): any detectron2 model, trained with
 the configured rules. Both validate with :func:`~.parts.bio_args` and convert with
 :func:`~.parts.convert_parts`."""
+
 from typing import Mapping, Optional, Sequence
 
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -72,9 +73,7 @@ def bio_plausible(
             f"bio_plausible(model=...) needs a built model, got a {type(model).__name__}; in a "
             "LazyConfig, pass the lazy model config itself: instantiate builds it first"
         )
-    args = bio_args(
-        rule, parts, scale=scale, seed=seed, exclude=exclude, unsupported=unsupported
-    )
+    args = bio_args(rule, parts, scale=scale, seed=seed, exclude=exclude, unsupported=unsupported)
     convert_parts(model, **args)
     check_exclude(model, args["exclude"], key="exclude")
     return model

@@ -1,5 +1,6 @@
 """Which rule each part of a detector learns with: validated once, for ``MODEL.BIO`` (yacs) and for
 :func:`bio_detectron.bio_plausible` (LazyConfig) alike, and applied by one routine."""
+
 import re
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Sequence
@@ -41,14 +42,17 @@ def _bottom_up_prefixes(backbone: nn.Module, name: str) -> Sequence[str]:
     detectron2 ``Backbone`` s themselves (FPN's ``bottom_up``, SimpleFeaturePyramid's ``net``);
     the whole backbone when it has none (a plain ResNet, RegNet, ViT, or a classifier's body).
     """
-    inner = [f"{name}.{child}." for child, m in backbone.named_children() if isinstance(m, Backbone)]
+    inner = [
+        f"{name}.{child}." for child, m in backbone.named_children() if isinstance(m, Backbone)
+    ]
     return inner or [f"{name}."]
 
 
 def part_of(name: str, bottom_up: Optional[Sequence[str]] = None) -> str:
     """
     Args:
-        name: a layer's full module name in a detectron2 model, e.g. "backbone.bottom_up.res2.0.conv1".
+        name: a layer's full module name in a detectron2 model, e.g.
+            "backbone.bottom_up.res2.0.conv1".
         bottom_up: the name prefixes of the backbone's bottom-up network (see :func:`parts_of`);
             None to decide by name alone.
 

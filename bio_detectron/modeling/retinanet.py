@@ -1,12 +1,13 @@
 """A registry of RetinaNet heads, the bio head, and the BioRetinaNet meta-architecture."""
+
 from typing import Dict, List
 
 from detectron2.config import configurable
-from torch import nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.utils.registry import Registry
+from torch import nn
 
 from .parts import bio_args_from_cfg, check_exclude, convert_parts
 
@@ -69,7 +70,9 @@ class BioRetinaNet(RetinaNet):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         shapes = ret["backbone"].output_shape()
-        ret["head"] = build_retinanet_head(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
+        ret["head"] = build_retinanet_head(
+            cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        )
         check_exclude(
             nn.ModuleDict({"backbone": ret["backbone"], "head": ret["head"]}), cfg.MODEL.BIO.EXCLUDE
         )

@@ -14,7 +14,16 @@ from .detections import (
     read_rgb,
     setup_cfg,
 )
-from .drawing import GAP, TITLE_HEIGHT, class_colors, compose, draw, ground_truth, title_band, write_png
+from .drawing import (
+    GAP,
+    TITLE_HEIGHT,
+    class_colors,
+    compose,
+    draw,
+    ground_truth,
+    title_band,
+    write_png,
+)
 
 __all__ = [
     "GAP",

@@ -10,7 +10,7 @@ from detectron2.data import Metadata
 from detectron2.data.detection_utils import annotations_to_instances
 from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
-from detectron2.utils.visualizer import ColorMode, Visualizer, VisImage
+from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 from PIL import Image
 
 __all__ = [
