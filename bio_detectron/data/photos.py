@@ -30,7 +30,7 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from .drawing import Layout, box_intersection, finish, place_objects, polygon_mask
 
@@ -44,7 +44,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generator's output changes: it is part of the cache folder's name.
-GENERATOR_VERSION = 1
+# 2: partial views, stronger colour changes, blur, smaller objects and unlabelled distractors.
+GENERATOR_VERSION = 2
 # The COCO supercategory of every class.
 SUPERCATEGORY = "photo"
 
@@ -196,45 +197,77 @@ def _outline(kind: str, width: float, height: float) -> np.ndarray:
     return np.stack([(1 + np.cos(t)) * width / 2, (1 + np.sin(t)) * height / 2], axis=1)
 
 
-def _jitter_region(rng, region, photo_size) -> Tuple[float, float, float, float]:
-    """The region moved by up to 6 % and resized by 0.92-1.08 per side, inside the photograph."""
+def _view(rng, region, photo_size) -> Tuple[float, float, float, float]:
+    """
+    A view of a region: moved by up to 6 % and resized by 0.92-1.08 per side, then a part of it,
+    60-100 % of its width and of its height, anywhere in it; inside the photograph.
+    """
     x0, y0, x1, y1 = region
     w, h = x1 - x0, y1 - y0
     cx = (x0 + x1) / 2 + rng.uniform(-0.06, 0.06) * w
     cy = (y0 + y1) / 2 + rng.uniform(-0.06, 0.06) * h
     w, h = w * rng.uniform(0.92, 1.08), h * rng.uniform(0.92, 1.08)
+    part_w, part_h = w * rng.uniform(0.6, 1.0), h * rng.uniform(0.6, 1.0)
+    cx += rng.uniform(-0.5, 0.5) * (w - part_w)
+    cy += rng.uniform(-0.5, 0.5) * (h - part_h)
     pw, ph = photo_size
-    x0, y0 = max(0.0, cx - w / 2), max(0.0, cy - h / 2)
-    return x0, y0, min(float(pw), x0 + w), min(float(ph), y0 + h)
+    x0, y0 = max(0.0, cx - part_w / 2), max(0.0, cy - part_h / 2)
+    return x0, y0, min(float(pw), x0 + part_w), min(float(ph), y0 + part_h)
+
+
+def _hue_rotation(angle: float) -> np.ndarray:
+    """The RGB matrix that turns colours by ``angle`` (radians) about the grey axis."""
+    k = np.full(3, 1 / math.sqrt(3))
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    c, s = math.cos(angle), math.sin(angle)
+    return c * np.eye(3) + (1 - c) * np.outer(k, k) + s * cross
 
 
 def _photometric(rng, pixels: np.ndarray) -> np.ndarray:
-    """Brightness and contrast 0.75-1.25x, saturation 0.7-1.3x, of a float RGB patch."""
-    grey = pixels.mean(axis=2, keepdims=True)
-    pixels = grey + (pixels - grey) * rng.uniform(0.7, 1.3)
-    mean = pixels.mean()
-    return (mean + (pixels - mean) * rng.uniform(0.75, 1.25)) * rng.uniform(0.75, 1.25)
-
-
-def _cut(rng, category: int, length: float):
     """
-    One object of class ``category`` whose longer side is ``length`` px: a jittered region of its
-    photograph, resized, mirrored at random and turned.
+    A float RGB patch with its hue turned by up to 20 degrees, its saturation 0.4-1.5x (grey with
+    probability 0.15), contrast 0.6-1.4x and brightness 0.6-1.4x.
+    """
+    pixels = pixels @ _hue_rotation(math.radians(rng.uniform(-20, 20))).T.astype(np.float32)
+    grey = pixels.mean(axis=2, keepdims=True)
+    saturation = 0.0 if rng.random() < 0.15 else rng.uniform(0.4, 1.5)
+    pixels = grey + (pixels - grey) * saturation
+    mean = pixels.mean()
+    return (mean + (pixels - mean) * rng.uniform(0.6, 1.4)) * rng.uniform(0.6, 1.4)
+
+
+def _cut(rng, category: Optional[int], length: float):
+    """
+    One object of class ``category`` whose longer side is ``length`` px: a view of its region of
+    its photograph (:func:`_view`), resized, blurred with probability 0.25, its colours changed
+    (:func:`_photometric`), mirrored at random and turned. With ``category`` None, a distractor:
+    a cut of a random background photograph.
 
     Returns:
         (patch, outline, affine): ``patch`` the region resized to twice the object's size (float
         RGB), ``outline`` the cut in the patch's coordinates, and the map of patch coordinates
         (centred) to the object's (centred, in image pixels): a 2x2 matrix.
     """
-    name, regions, kind, max_turn = _OBJECTS[PHOTO_CLASSES[category]]
-    photo = _photo_image(name)
-    box = _jitter_region(rng, regions[int(rng.integers(len(regions)))], photo.size)
+    if category is None:
+        name, region = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
+        kind = ("ellipse", "box")[int(rng.integers(2))]
+        photo, max_turn = _photo_image(name), 20.0
+        region = region or (0, 0, *photo.size)
+        w, h = 0.3 * (region[2] - region[0]), 0.3 * (region[3] - region[1])
+        x0, y0 = rng.uniform(region[0], region[2] - w), rng.uniform(region[1], region[3] - h)
+        box = _view(rng, (x0, y0, x0 + w, y0 + h), photo.size)
+    else:
+        name, regions, kind, max_turn = _OBJECTS[PHOTO_CLASSES[category]]
+        photo = _photo_image(name)
+        box = _view(rng, regions[int(rng.integers(len(regions)))], photo.size)
     w, h = box[2] - box[0], box[3] - box[1]
     factor = length / max(w, h)
     # Resampled twice: to twice the object's size with antialiasing, then by the affine map.
     size = (max(2, round(2 * w * factor)), max(2, round(2 * h * factor)))
-    patch = np.asarray(photo.resize(size, Image.BICUBIC, box=box), dtype=np.float32)
-    patch = _photometric(rng, patch)
+    patch = photo.resize(size, Image.BICUBIC, box=box)
+    if rng.random() < 0.25:
+        patch = patch.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+    patch = _photometric(rng, np.asarray(patch, dtype=np.float32))
     angle = math.radians(rng.uniform(-max_turn, max_turn))
     flip = -1.0 if rng.random() < 0.5 else 1.0
     c, s = math.cos(angle), math.sin(angle)
@@ -263,7 +296,10 @@ def _paste(image: np.ndarray, patch: np.ndarray, polygon: np.ndarray, inverse) -
 
 
 def _place(rng, image, category, length, boxes, max_occlusion) -> Optional[Dict]:
-    """Cut an object and paste it where it covers at most ``max_occlusion`` of earlier boxes."""
+    """
+    Cut an object (a distractor for ``category`` None) and paste it where it covers at most
+    ``max_occlusion`` of earlier boxes.
+    """
     size = image.shape[0]
     patch, outline, affine = _cut(rng, category, length)
     ph, pw = patch.shape[:2]
@@ -286,9 +322,9 @@ def _place(rng, image, category, length, boxes, max_occlusion) -> Optional[Dict]
     return {"category": category, "polygon": polygon, "bbox": box}
 
 
-# 2-5 objects whose cut's longer side is 14-50 % of the image side (18-64 px at 128 px), none
+# 2-5 objects whose cut's longer side is 10-45 % of the image side (13-58 px at 128 px), none
 # covering more than 30 % of the smaller of its own and an earlier one's box.
-LAYOUT = Layout(num_objects=(2, 5), scale_range=(0.14, 0.5), max_occlusion=0.3)
+LAYOUT = Layout(num_objects=(2, 5), scale_range=(0.1, 0.45), max_occlusion=0.3)
 
 
 def render_photos_image(
@@ -308,6 +344,11 @@ def render_photos_image(
         "bbox" ([x0, y0, x1, y1]).
     """
     image = _background(rng, image_size)
+    # Unlabelled distractors first, under the objects: cuts of the background photographs, which
+    # a detector must learn are none of the classes.
+    for _ in range(int(rng.integers(0, 4))):
+        length = image_size * rng.uniform(0.1, 0.4)
+        _place(rng, image, None, length, [], 1.0)
 
     def place(category, fraction, objects):
         boxes = [o["bbox"] for o in objects]
