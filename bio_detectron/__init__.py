@@ -10,6 +10,7 @@ error here too, never skipped.
 
 import importlib.util
 
+from .compile import compile_model
 from .convert import (
     convert_model,
     find_unsupported,
@@ -35,6 +36,7 @@ __all__ = [
     "available_rules",
     "bio_plausible",
     "build_rule",
+    "compile_model",
     "convert_model",
     "find_unsupported",
     "is_converted",

@@ -133,6 +133,20 @@ def add_bio_config(cfg):
     # Convert BatchNorm to SyncBatchNorm when training with more than one CUDA process.
     _C.MODEL.BIO.SYNC_BN = True
 
+    # torch.compile the model before its first training step (bio_detectron.compile_model), after
+    # weights are loaded and the model is wrapped for DDP: for detectors the parts with static
+    # shapes (the backbone with its FPN, the RetinaNet/FCOS head, the RPN head; losses, matching
+    # and post-processing stay eager), for classifiers the whole model. Checkpoints keep the stock
+    # keys. A platform that cannot compile (no C++ compiler for the CPU, no Triton for CUDA) is an
+    # error naming this key, not an eager run.
+    _C.MODEL.BIO.COMPILE = CN()
+    _C.MODEL.BIO.COMPILE.ENABLED = False
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs on CUDA), "max-autotune",
+    # "max-autotune-no-cudagraphs".
+    _C.MODEL.BIO.COMPILE.MODE = "default"
+    # torch.compile's backend: "inductor"; "aot_eager" or "eager" to debug a graph.
+    _C.MODEL.BIO.COMPILE.BACKEND = "inductor"
+
     # The RetinaNet head BioRetinaNet builds: a name in RETINANET_HEAD_REGISTRY.
     _C.MODEL.RETINANET.HEAD_NAME = "BioRetinaNetHead"
 

@@ -381,15 +381,19 @@ def rules_of(model: nn.Module) -> Dict[str, str]:
     return rules
 
 
-def make_feedback_now(model: nn.Module) -> nn.Module:
+def make_feedback_now(model: nn.Module, pending_only: bool = False) -> nn.Module:
     """
-    Make every converted layer's rule state from its current weights now, instead of at its
+    Make every converted layer's feedback tensor from its current weights now, instead of at its
     first training forward pass (see :class:`~bio_detectron.layers.FeedbackLayer`). Useful only
     where weights change between that pass and the moment B should describe; the trainers need
     no call.
+
+    Args:
+        pending_only: only the tensors still due, i.e. what the next training forward would make:
+            not those a checkpoint restored or a training step made.
     """
     for _, m in model.named_modules():
-        if isinstance(m, FeedbackLayer):
+        if isinstance(m, FeedbackLayer) and (m._feedback_pending or not pending_only):
             m.make_feedback_now()
     return model
 

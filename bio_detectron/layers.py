@@ -212,6 +212,8 @@ class FeedbackLayer:
 
     def _feedback_for_backward(self) -> Optional[torch.Tensor]:
         if self._feedback_pending:
+            # Made with a seeded generator, which a compiled graph cannot hold: compiled here, the
+            # graph would break; bio_detectron.compile_model makes it before compiling.
             self.make_feedback_now()
         state = self._feedback()
         if state is None or self.learning_rule.feedback_kind is None:

@@ -249,32 +249,47 @@ def mirror_step(
 class InputShapes:
     """
     Records the shape of each layer's input in training forward passes. Between :meth:`start` and
-    :meth:`stop` (or within ``with``), the first call of each layer writes its input's shape into
-    :attr:`shapes` (name -> shape), which keeps the last shape recorded; nothing else changes. A
-    layer called several times per step (a RetinaNet head conv, once per pyramid level) keeps the
-    shape of its first call.
+    :meth:`stop` (or within ``with``), the first call of each layer in each step writes its
+    input's shape into :attr:`shapes` (name -> shape), which keeps the last shape recorded;
+    nothing else changes. A step begins at :meth:`new_step` (and at :meth:`start`): a layer
+    called several times per step (a RetinaNet head conv, once per pyramid level) keeps the shape
+    of its first call.
+
+    The forward pre-hooks stay in place from :meth:`start` to :meth:`stop`, so that a compiled
+    model is traced with them once and never recompiled for them.
     """
 
     def __init__(self, layers: Sequence[Tuple[str, nn.Module]]):
         self.layers = list(layers)
-        self.shapes: Dict[str, Tuple[int, ...]] = {}
         self._handles = []
-        self._seen = set()
+        # This step's shapes, and those of earlier steps. The hooks only add to an empty
+        # dict of this step's, so that a compiled graph meets the same state at every step.
+        self._step: Dict[str, Tuple[int, ...]] = {}
+        self._earlier: Dict[str, Tuple[int, ...]] = {}
+
+    @property
+    def shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """layer name -> the shape of its input at its first call in the latest step it ran."""
+        return {**self._earlier, **self._step}
 
     def _hook(self, name):
         def record(module, args):
-            if name in self._seen or not (module.training and torch.is_grad_enabled()):
+            if name in self._step or not (module.training and torch.is_grad_enabled()):
                 return
             if args and isinstance(args[0], torch.Tensor):
-                self._seen.add(name)
-                self.shapes[name] = tuple(args[0].shape)
+                self._step[name] = tuple(args[0].shape)
 
         return record
 
     def start(self):
         self.stop()
-        self._seen = set()
+        self.new_step()
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.layers]
+
+    def new_step(self):
+        """The next forward passes are a new step: each layer's first call records again."""
+        self._earlier.update(self._step)
+        self._step.clear()
 
     def stop(self):
         for h in self._handles:

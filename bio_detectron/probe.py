@@ -185,6 +185,15 @@ def _own_event_storage():
         yield
 
 
+def _eager():
+    """
+    Within the block, compiled modules run eagerly (``torch.compiler.set_stance``): the probe lends
+    layers another rule and hooks for a pass, which a compiled graph would be recompiled for.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
 def _check_inputs(args, kwargs):
     if not isinstance(args, tuple):
         raise TypeError(
@@ -273,7 +282,7 @@ def _probe(model, args, kwargs=None, *, loss_fn=None, start=None):
     now = ForwardState(model)
     start = start or now
     try:
-        with _own_event_storage(), torch.enable_grad():
+        with _own_event_storage(), torch.enable_grad(), _eager():
             start.restore()
             call_order = []
             with _local_batch_norm(model), _recording_call_order(every, call_order):

@@ -23,9 +23,9 @@ from detectron2.engine.train_loop import HookBase
 from torch import nn
 
 import bio_detectron as bd
+from bio_detectron import probe as al
 from bio_detectron.config import add_bio_config, add_classification_config
 from bio_detectron.data import ensure_shapes_classification
-from bio_detectron.engine import alignment as al
 from bio_detectron.engine.classification import (
     AMPClassificationTrainer,
     build_classification_trainer,
@@ -238,6 +238,47 @@ def test_channels_last_gives_the_same_gradients(rule, precision, ieee_fp32):
     for name in grads[0]:
         err = rel_err(grads[1][name], grads[0][name])
         assert err < tol, f"{rule} {precision}: {name} gradient differs by {err:.2e} (tol {tol})"
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile: Inductor's CUDA kernels, and CUDA graphs (mode "reduce-overhead")
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize("rule", RULES)
+def test_compiled_gradients_are_the_rules(rule, mode, ieee_fp32):
+    """Compiled (Inductor; CUDA graphs with reduce-overhead) gradients equal the eager rule's, as
+    closely as the compiled stock model's equal its eager ones, and no graph breaks."""
+    from torch._dynamo.utils import counters
+
+    def grads(model, steps=3):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        out = []
+        for i in range(steps):
+            g = torch.Generator(device="cpu").manual_seed(i)
+            x = torch.randn(8, 3, 16, 16, generator=g).to(DEVICE).requires_grad_()
+            opt.zero_grad()
+            model(x).float().square().mean().backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            out.append({"input": x.grad, **grads})
+            opt.step()
+        return out[-1]
+
+    def deviation(a, b):
+        return max(rel_err(a[n], b[n]) for n in b)
+
+    torch.manual_seed(0)
+    stock = _conv_net().to(DEVICE).train()
+    stock_compiled = copy.deepcopy(stock)
+    stock_compiled.forward = torch.compile(stock_compiled.forward, mode=mode)
+    stock_dev = deviation(grads(stock_compiled), grads(stock))
+    converted = bd.convert_model(copy.deepcopy(stock), rule, seed=1)
+    eager = copy.deepcopy(converted)
+    torch._dynamo.reset()
+    counters.clear()
+    bd.compile_model(converted, mode=mode)
+    got, expected = grads(converted), grads(eager)
+    assert sum(counters["graph_break"].values()) == 0
+    assert deviation(got, expected) <= max(10 * stock_dev, 1e-5), (rule, mode, stock_dev)
 
 
 # ------------------------------------------------------------------------------------------------

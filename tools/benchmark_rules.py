@@ -12,6 +12,7 @@ read against the run's own noise.
     python tools/benchmark_rules.py --arch resnet50 --batch 64 --amp --channels-last
     python tools/benchmark_rules.py --arch retinanet_R_50_FPN --batch 8 --size 800 \\
         --rules backprop sign_symmetry --scale mean_abs
+    python tools/benchmark_rules.py --batch 16 --size 128 --compile    # + compiled rows
 
 weight_mirror's B also learns from mirror steps run by a training hook every MODEL.BIO.MIRROR.PERIOD
 iterations. Its row counts them at that period: each round also times one mirror step of all its
@@ -25,6 +26,11 @@ autograd.Function" is the unconverted model with every nn.Conv2d and nn.Linear r
 minimal torch.autograd.Function that saves (input, W) and calls the same ATen convolution / matmul
 backward as native autograd, with no rule code (same gradients, tested): the cost of a backward
 defined in Python, which every rule's layers carry.
+
+Compiled rows (--compile): every variant again, compiled as the trainers compile it
+(bio_detectron.compile_model: the whole classifier; RetinaNet's backbone and head), each rule's
+ratio taken to the compiled unconverted model ("native (compiled)"), in the same interleaved
+rounds as the eager rows. Compiling happens in the warm-up steps, which are not timed.
 
 Evaluation rows: the same model in eval mode under ``torch.no_grad()``, converted with each rule
 (--eval-rules, default sign_symmetry) against the unconverted model; converted layers then run the
@@ -301,6 +307,18 @@ def main():
         "--no-reference", action="store_true",
         help="leave out the rows 'native, second copy' and 'bare autograd.Function'",
     )  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="also every variant compiled (bio_detectron.compile_model), against compiled native",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-mode", default="default", choices=bd.compile.COMPILE_MODES,
+        help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on CUDA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-eager", dest="eager_rows", action="store_false",
+        help="with --compile: leave out the eager training rows (native stays, as the yardstick)",
+    )  # fmt: skip
     parser.add_argument("--json", help="append the results to this file as one JSON line")
     args = parser.parse_args()
     unknown = sorted(set(args.rules + args.eval_rules) - set(bd.available_rules()))
@@ -323,7 +341,7 @@ def main():
     # name -> (step, the variant it is compared with)
     variants = {"native": make_step(copy.deepcopy(base), batch, loss_fn, device, amp_dtype)}
     reference = {"native": "native"}
-    if not args.no_reference:
+    if not args.no_reference and args.eager_rows:
         for name, model in (
             ("native, second copy", copy.deepcopy(base)),
             ("bare autograd.Function", bare_function_model(copy.deepcopy(base))),
@@ -331,7 +349,7 @@ def main():
             variants[name] = make_step(model, batch, loss_fn, device, amp_dtype)
             reference[name] = "native"
     mirrors = {}
-    for rule in args.rules:
+    for rule in args.rules if args.eager_rows else ():
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
         variants[rule] = make_step(model, batch, loss_fn, device, amp_dtype)
         reference[rule] = "native"
@@ -345,8 +363,25 @@ def main():
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
         variants[f"{rule} (eval, no_grad)"] = make_eval_step(model, batch, device)
         reference[f"{rule} (eval, no_grad)"] = "native (eval, no_grad)"
+    if args.compile:
+        # Every compiled variant is another instance of the same model class, whose forward dynamo
+        # compiles once per instance: raise its per-function limit, past which it would silently
+        # run the later variants eagerly (training compiles one model, far under the default).
+        torch._dynamo.config.recompile_limit = 64
+        torch._dynamo.config.accumulated_recompile_limit = 1024
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+        compiled = {"native (compiled)": copy.deepcopy(base)}
+        if not args.no_reference:
+            compiled["bare autograd.Function (compiled)"] = bare_function_model(copy.deepcopy(base))
+        for rule in args.rules:
+            model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
+            compiled[f"{rule} (compiled)"] = model
+        for name, model in compiled.items():
+            bd.compile_model(model, mode=args.compile_mode, device=device)
+            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype)
+            reference[name] = "native (compiled)"
     variants.update(mirrors)
-    for step in variants.values():  # warm-up: allocator, kernels, momentum buffers
+    for step in variants.values():  # warm-up: allocator, kernels, momentum buffers; compiling
         step()
         step()
 
@@ -369,6 +404,7 @@ def main():
             f", AMP {str(amp_dtype).split('.')[-1]}" if amp_dtype else "",
             ", channels_last" if args.channels_last else "",
             f", scale {args.scale}" if args.scale else "",
+            f", compiled rows: mode {args.compile_mode}" if args.compile else "",
         ]
     )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -414,6 +450,7 @@ def main():
             "amp_dtype": str(amp_dtype).split(".")[-1] if amp_dtype else None,
             "channels_last": args.channels_last,
             "scale": args.scale,
+            "compile_mode": args.compile_mode if args.compile else None,
             "rounds": args.rounds,
             "steps": args.steps,
             "device": device_name,

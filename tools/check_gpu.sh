@@ -14,6 +14,7 @@
 #
 # It prints the GPU, runs tests/test_cuda.py, then times the learning rules against native
 # autograd (tools/benchmark_rules.py: ResNet-18 and ResNet-50, batch 64 x 224 px, float32 and AMP;
+# ResNet-18 compiled, default mode and reduce-overhead (CUDA graphs), against compiled native;
 # RetinaNet R50-FPN on a synthetic batch) and the classification trainer against a bare loop
 # (tools/benchmark_imagenet.py). Every step has a timeout and the whole run a time budget
 # (CHECK_GPU_BUDGET seconds, default 480); a step that fails, times out or finds no time left is
@@ -142,7 +143,8 @@ else:
 
 ARCHS = {"resnet18": "ResNet-18 step", "resnet50": "ResNet-50 step",
          "retinanet_R_50_FPN": "RetinaNet R50-FPN iteration"}
-for name in ("r18_fp32", "r18_amp", "r50_fp32", "r50_amp", "retinanet"):
+for name in ("r18_fp32", "r18_amp", "r18_compiled", "r18_cudagraphs", "r50_fp32", "r50_amp",
+             "retinanet"):
     r, why = result(name)
     if r is None:
         rows.append((name, "", why, ""))
@@ -153,12 +155,15 @@ for name in ("r18_fp32", "r18_amp", "r50_fp32", "r50_amp", "retinanet"):
              + (" (cuDNN's default TF32)" if r["device"] != "cpu" and not r["amp"] else "")
              + (" + channels_last" if r["channels_last"] else "")
              + (f", scale {r['scale']}" if r["scale"] else "")
+             + (f", torch.compile mode {r['compile_mode']}" if r.get("compile_mode") else "")
              + (" (SYNTHETIC images, 10 random boxes each)" if detection else ""))
     for i, (variant, v) in enumerate(r["variants"].items()):
         t = v["median_step_s"]
         rows.append(("" if i else label, variant,
                      f"{1 / t:.2f} it/s ({t:.3f} s)" if detection else f"{t:.4f} s/step",
-                     f"{v['ratio_to_native']:.3f}x native's step time"))
+                     f"{v['ratio_to_native']:.3f}x "
+                     + ("compiled native's" if "(compiled)" in variant else "native's")
+                     + " step time"))
 
 r, why = result("classification")
 if r is None:
@@ -272,6 +277,10 @@ run_step r18_amp 50 "${BENCH[@]}" --arch resnet18 "${CLS[@]}" --amp --channels-l
 run_step r50_fp32 60 "${BENCH[@]}" --arch resnet50 "${CLS[@]}" --json "$DIR/r50_fp32.json"
 run_step r50_amp 60 "${BENCH[@]}" --arch resnet50 "${CLS[@]}" --amp --channels-last \
   --json "$DIR/r50_amp.json"
+run_step r18_compiled 90 "${BENCH[@]}" --arch resnet18 "${CLS[@]}" --compile --no-eager \
+  --json "$DIR/r18_compiled.json"
+run_step r18_cudagraphs 90 "${BENCH[@]}" --arch resnet18 "${CLS[@]}" --compile --no-eager \
+  --compile-mode reduce-overhead --json "$DIR/r18_cudagraphs.json"
 run_step retinanet 70 "${BENCH[@]}" --arch retinanet_R_50_FPN "${DET[@]}" \
   --rules backprop sign_symmetry --scale mean_abs --json "$DIR/retinanet.json"
 run_step classification 70 "$PY" tools/benchmark_imagenet.py \

@@ -13,9 +13,10 @@ import torch
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.train_loop import HookBase
 
-from .ddp import all_ranks_true
+from .ddp import all_ranks_true, unwrap_model
 
 __all__ = [
+    "CompileHook",
     "FiniteLossCheck",
     "YACS_ADVICE",
     "add_bio_hooks",
@@ -89,6 +90,54 @@ class FiniteLossCheck(HookBase):
         )
 
 
+class CompileHook(HookBase):
+    """
+    ``torch.compile`` of the trainer's model (:func:`bio_detectron.compile_model`) before the first
+    training step: after the checkpoint or ``MODEL.WEIGHTS`` is loaded and the model is wrapped for
+    DDP, so that the feedback tensors it makes first come from the weights training starts from.
+    """
+
+    def __init__(self, model=None, *, mode="default", backend="inductor", key="compile"):
+        self._model = model
+        self.mode, self.backend, self.key = mode, backend, key
+
+    def before_train(self):
+        from ..compile import compile_model
+
+        model = unwrap_model(self._model if self._model is not None else self.trainer.model)
+        compile_model(model, mode=self.mode, backend=self.backend, key=self.key)
+
+
+def compile_options(value, key: str) -> Optional[dict]:
+    """
+    A compile switch as the trainers take it: False/None/{"enabled": False} (off), True (on, the
+    default mode), a mode name, or a dict with "enabled", "mode" and "backend"; returns the
+    options of :class:`CompileHook`, or None when off. Errors name ``key``.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    elif isinstance(value, str):
+        value = {"mode": value}
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{key}={value!r}: use True/False, a torch.compile mode, or a dict of enabled, mode, "
+            "backend"
+        )
+    unknown = sorted(set(value) - {"enabled", "mode", "backend"})
+    if unknown:
+        raise ValueError(f"{key} has unknown option(s) {unknown}; allowed: enabled, mode, backend")
+    if not value.get("enabled", True):
+        return None
+    from ..compile import COMPILE_MODES
+
+    mode = value.get("mode", "default")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"{key}: mode {mode!r} is not one of torch.compile's {COMPILE_MODES}")
+    return {"mode": mode, "backend": value.get("backend", "inductor"), "key": key}
+
+
 def add_bio_hooks(
     hooks: List[Optional[HookBase]],
     model,
@@ -99,12 +148,13 @@ def add_bio_hooks(
     writer_period: Optional[int] = None,
     advice: str = YACS_ADVICE,
     keys: Optional[Mapping[str, str]] = None,
+    compiled: Optional[dict] = None,
 ) -> List[Optional[HookBase]]:
     """
     The one place where the detection, classification and lazy trainers get bio_detectron's
     hooks: ``hooks`` (a trainer's list, in detectron2's order) with
 
-    * :class:`FiniteLossCheck` first;
+    * :class:`FiniteLossCheck` first, then :class:`CompileHook` when ``compiled`` is given;
     * the weight mirror (:class:`~.mirror_hook.WeightMirrorHook`, when the model has
       ``weight_mirror`` layers) right before the ``PeriodicCheckpointer`` (after the LR scheduler
       when there is none), so that a checkpoint holds B after its iteration's mirror step;
@@ -122,6 +172,7 @@ def add_bio_hooks(
         advice: the end of a non-finite-loss message, in the keys of the trainer's config.
         keys: how errors name the options: "alignment_period", "mirror" (the mirror's options as
             a whole) and the mirror's option names -> config keys.
+        compiled: :class:`CompileHook`'s options (see :func:`compile_options`), or None.
 
     Returns:
         list: a new list.
@@ -135,7 +186,9 @@ def add_bio_hooks(
     mirror = build_mirror_hook(model, mirror_options, seed=seed, keys=keys, where=where)
     alignment = AlignmentHook(period, model, writer_period=writer_period) if period else None
 
-    out = [FiniteLossCheck(advice=advice)] + list(hooks)
+    out = [FiniteLossCheck(advice=advice)]
+    out += [CompileHook(model, **compiled)] if compiled else []
+    out += list(hooks)
     if mirror is not None:
         kinds = [type(h) for h in out]
         if d2_hooks.PeriodicCheckpointer in kinds:
@@ -158,6 +211,8 @@ def add_bio_hooks_from_cfg(hooks, model, cfg, writer_period: Optional[int] = Non
     """
     from .mirror_hook import MIRROR_CFG_KEYS, mirror_options
 
+    c = cfg.MODEL.BIO.COMPILE
+    switch = {"enabled": c.ENABLED, "mode": c.MODE, "backend": c.BACKEND}
     return add_bio_hooks(
         hooks,
         model,
@@ -166,4 +221,5 @@ def add_bio_hooks_from_cfg(hooks, model, cfg, writer_period: Optional[int] = Non
         seed=cfg.MODEL.BIO.SEED,
         writer_period=writer_period,
         keys={"alignment_period": "MODEL.BIO.ALIGNMENT.PERIOD", **MIRROR_CFG_KEYS},
+        compiled=compile_options(switch, "MODEL.BIO.COMPILE"),
     )

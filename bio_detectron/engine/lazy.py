@@ -20,6 +20,9 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
 * ``train.bio_mirror`` (dict): options of the weight mirror of ``weight_mirror`` layers
   (``MODEL.BIO.MIRROR.*`` of the yacs path: period, std, lr, decay, noise_batch,
   samples_per_input, initial_steps); absent ones take their default.
+* ``train.bio_compile``: ``torch.compile`` the model before training (``MODEL.BIO.COMPILE`` of the
+  yacs path): True, a mode ("default", "reduce-overhead", ...), or a dict of enabled, mode and
+  backend; absent or False: off.
 """
 
 import logging
@@ -41,7 +44,7 @@ from ..data import ensure_dataset_files
 from ..mirror import MIRROR_DEFAULTS
 from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model
-from .hooks import add_bio_hooks, nonnegative_int
+from .hooks import add_bio_hooks, compile_options, nonnegative_int
 
 __all__ = [
     "ALIGNMENT_PERIOD_KEY",
@@ -62,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 ALIGNMENT_PERIOD_KEY = "train.bio_alignment_period"
 MIRROR_KEY = "train.bio_mirror"
+COMPILE_KEY = "train.bio_compile"
 
 # What to try after a divergence, in the keys of a config whose model is
 # L(bio_detectron.bio_plausible)(model=<a detectron2 model>, ...), as in configs/.
@@ -209,6 +213,7 @@ class LazyTrainer(SimpleTrainer):
             writer_period=cfg.train.log_period,
             advice=LAZY_ADVICE,
             keys=keys,
+            compiled=compile_options(cfg.train.get("bio_compile", None), COMPILE_KEY),
         )
 
     def resume_or_load(self, resume: bool = True):

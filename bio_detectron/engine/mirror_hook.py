@@ -75,7 +75,8 @@ class WeightMirrorHook(HookBase):
     ``initial_steps`` mirror steps after the optimizer step of iteration 0 (not when resuming
     later), so that B is aligned with W early on, as Akrout et al.'s released code mirrors before
     training. The noise has the shape of the layer's input in that iteration's training forward,
-    recorded by forward pre-hooks that are in place only during mirror iterations.
+    recorded by forward pre-hooks (:class:`~bio_detectron.mirror.InputShapes`, in place for the
+    whole run, so that a compiled model is traced with them once).
 
     The training trajectory of everything but the B of these layers is the one without the hook:
     the noise comes from generators of the hook's own, seeded by (``seed``, layer name,
@@ -147,16 +148,15 @@ class WeightMirrorHook(HookBase):
         if not self._layers:
             logger.warning("WeightMirrorHook: the model has no weight_mirror layer; nothing to do.")
         self._shapes = InputShapes(self._layers)
+        if self._layers:
+            self._shapes.start()
 
     def before_step(self):
-        if self._layers and self._steps_due():
-            self._shapes.start()
+        if self._layers:
+            self._shapes.new_step()
 
     def after_step(self):
         steps = self._steps_due() if self._layers else 0
-        if steps == 0:
-            return
-        self._shapes.stop()
         for k in range(steps):
             self.mirror(f"{self.trainer.iter}.{k}")
 

@@ -1,0 +1,153 @@
+"""
+``torch.compile`` for converted models: every rule compiles into whole graphs.
+
+A converted layer's rule runs through one ``torch.autograd.Function`` per layer, which dynamo
+traces into the graph with its backward, so that compiling gives no graph break. Two things only
+this package can do first:
+
+* **the feedback tensor**: a rule's fixed or starting B is made from the weights training starts
+  from, at the first training step, with a generator seeded per layer; a compiled graph cannot
+  hold such a generator, so :func:`compile_model` makes it before compiling (the weights are the
+  ones training starts from: call it after loading a checkpoint, as the trainers do);
+* **which modules**: for detectors, the parts with static shapes (the backbone with its FPN, the
+  RetinaNet/FCOS head, the RPN head), while losses, anchor matching and post-processing stay
+  eager; for any other model, the whole model.
+
+A module is compiled in place: its ``forward`` becomes ``torch.compile(forward)``. State-dict keys
+stay the stock ones (no ``_orig_mod.`` prefix), checkpoints load into compiled and eager models
+alike, a DistributedDataParallel wrapper made before keeps working (compile after wrapping), and
+the hooks of the compiled module itself (a trainer's loss check, the alignment probe's capture)
+run outside the graph. Hooks on modules inside it are traced: register them before the first
+compiled call and keep them, or each change recompiles.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .convert import make_feedback_now
+from .layers import is_converted
+
+__all__ = ["COMPILE_MODES", "check_compile", "compile_model", "compile_targets"]
+
+logger = logging.getLogger(__name__)
+
+# torch.compile's modes ("reduce-overhead" uses CUDA graphs on CUDA).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# Parts of a detectron2 meta-architecture with static shapes, by attribute path, in this order.
+DETECTOR_PARTS = ("backbone", "head", "proposal_generator.rpn_head")
+
+
+def compile_targets(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """
+    Returns:
+        list[(str, nn.Module)]: what :func:`compile_model` compiles by default: for a model with a
+        ``backbone`` (detectron2's meta-architectures), the parts of :data:`DETECTOR_PARTS` it
+        has; for any other model, the model itself (name "").
+    """
+    if not isinstance(getattr(model, "backbone", None), nn.Module):
+        return [("", model)]
+    found = []
+    for path in DETECTOR_PARTS:
+        module = model
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+        if isinstance(module, nn.Module):
+            found.append((path, module))
+    return found
+
+
+def _cpp_compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def check_compile(device, backend: str = "inductor", key: str = "compile") -> None:
+    """
+    Raise a RuntimeError naming ``key`` when this platform cannot compile for ``device`` with
+    ``backend``: Inductor needs a C++ compiler for the CPU and Triton for CUDA. (Without the check
+    the first training step would fail deep inside Inductor.)
+    """
+    if backend != "inductor":
+        return
+    device = torch.device(device)
+    if device.type == "cpu" and _cpp_compiler() is None:
+        raise RuntimeError(
+            f"{key}: torch.compile (Inductor) needs a C++ compiler to compile for the CPU, and "
+            "none was found (CXX, g++, clang++, c++ on PATH). Install one, or turn compiling off."
+        )
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise RuntimeError(
+            f"{key}: torch.compile (Inductor) needs Triton to compile for CUDA, which is not "
+            "installed. Install it (pip install triton), or turn compiling off."
+        )
+
+
+def compile_model(
+    model: nn.Module,
+    modules: Optional[Sequence[str]] = None,
+    *,
+    mode: str = "default",
+    backend: str = "inductor",
+    device=None,
+    key: str = "compile",
+    **options,
+) -> Dict[str, nn.Module]:
+    """
+    Make the feedback tensors that are still due now, from the current weights (as the first
+    training step would; a checkpoint's are kept), then ``torch.compile`` the modules of ``model``
+    in place.
+
+    Args:
+        model: a model (unwrapped from DistributedDataParallel), with its training weights loaded.
+        modules: attribute paths of the modules to compile, "" for the model itself; default
+            :func:`compile_targets`.
+        mode, backend, options: ``torch.compile``'s.
+        device: where the model trains (for :func:`check_compile`); default its parameters'.
+        key: how errors name the switch that asked for compiling, e.g. "MODEL.BIO.COMPILE".
+
+    Returns:
+        dict[str, nn.Module]: the compiled modules by path.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"{key}: mode {mode!r} is not one of torch.compile's {COMPILE_MODES}")
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else "cpu"
+    check_compile(device, backend, key)
+    if modules is None:
+        targets = compile_targets(model)
+    else:
+        targets = []
+        for path in modules:
+            module = model
+            for attr in [a for a in path.split(".") if a]:
+                if not isinstance(getattr(module, attr, None), nn.Module):
+                    raise ValueError(f"{key}: {type(model).__name__} has no module {path!r}")
+                module = getattr(module, attr)
+            targets.append((path, module))
+    for path, module in targets:
+        if getattr(module, "_bio_compiled", False):
+            raise ValueError(f"{key}: {path or type(model).__name__} is compiled already")
+    for _, module in targets:
+        make_feedback_now(module, pending_only=True)
+    kwargs = dict(options, backend=backend)
+    if mode != "default":
+        kwargs["mode"] = mode
+    for _, module in targets:
+        module.forward = torch.compile(module.forward, **kwargs)
+        module._bio_compiled = True
+    converted = sum(is_converted(m) for _, t in targets for m in t.modules())
+    logger.info(
+        f"Compiled {', '.join(p or type(model).__name__ for p, _ in targets)} with torch.compile "
+        f"(backend {backend}, mode {mode}); {converted} converted layers inside"
+    )
+    return dict(targets)

@@ -1,0 +1,274 @@
+"""torch.compile of converted models: whole graphs for every rule, one compilation per mode, the
+rule's gradients, the hooks, the trainers' switch, and a clear error where compiling cannot work.
+
+Most tests compile with the "aot_eager" backend: dynamo and AOTAutograd trace exactly as with
+Inductor (graph breaks and recompilations are decided there), without Inductor's code generation,
+so they run in seconds. A slow test compiles with Inductor itself."""
+
+import copy
+import os
+import sys
+
+import pytest
+import torch
+import torch._dynamo
+from detectron2.engine import SimpleTrainer
+from torch import nn
+from torch._dynamo.utils import counters
+
+import bio_detectron as bd
+from bio_detectron import compile as bio_compile
+from bio_detectron.engine import AlignmentHook, WeightMirrorHook
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+RULES = bd.available_rules()
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Net(nn.Module):
+    """Convs (grouped, strided), BatchNorm, a detectron2-style conv with norm, linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        from detectron2.layers import Conv2d
+
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False)
+        self.conv3 = Conv2d(8, 8, 3, padding=1, norm=nn.GroupNorm(2, 8), activation=nn.ReLU())
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x, y=None):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.conv3(self.conv2(x))
+        logits = self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3)))))
+        return logits if y is None else nn.functional.cross_entropy(logits, y)
+
+
+def _net(rule):
+    torch.manual_seed(0)
+    options = {} if rule == "backprop" else {"scale": "mean_abs"}
+    return bd.convert_model(Net(), rule, **options)
+
+
+def _batches(n):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, 12, 12, generator=g), torch.randint(0, 5, (4,), generator=g))
+            for _ in range(n)]  # fmt: skip
+
+
+def _train(model, batches):
+    """SGD steps; returns the parameters' (and feedback tensors') gradients of every step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    grads = []
+    for x, y in batches:
+        x = x.clone().requires_grad_(True)
+        opt.zero_grad()
+        model(x, y).backward()
+        step = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        step["input"] = x.grad.clone()
+        grads.append(step)
+        opt.step()
+    return grads
+
+
+def _compile_counts():
+    breaks = sum(counters["graph_break"].values())
+    return breaks, counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_compiles_into_one_graph_per_mode_with_the_rules_gradients(rule):
+    eager, compiled = _net(rule), _net(rule)
+    torch._dynamo.reset()
+    counters.clear()
+    bd.compile_model(compiled, backend="aot_eager")
+    batches = _batches(3)
+    got, expected = _train(compiled, batches), _train(eager, batches)
+    assert _compile_counts() == (0, 1)  # no break, one graph: the first step compiled it
+    for step_got, step_expected in zip(got, expected):
+        assert step_got.keys() == step_expected.keys()
+        for name in step_got:
+            torch.testing.assert_close(step_got[name], step_expected[name], rtol=1e-5, atol=1e-6)
+    compiled.eval()
+    with torch.no_grad():
+        compiled(batches[0][0])
+        compiled(batches[1][0])
+    assert _compile_counts() == (0, 2)  # and one for evaluation
+    if rule == "kolen_pollack":  # B got W's gradient and update, compiled as eager
+        conv = compiled.conv1
+        assert got[0]["conv1.feedback"].equal(got[0]["conv1.weight"])
+        torch.testing.assert_close(conv.feedback, eager.conv1.feedback, rtol=1e-5, atol=1e-6)
+    if rule not in ("backprop",):  # the rule changed the input gradient: it is not backprop's
+        reference = _train(_net("backprop"), batches[:1])[0]["input"]
+        assert not torch.allclose(got[0]["input"], reference, rtol=1e-3, atol=1e-5)
+
+
+def test_a_checkpoint_restores_the_feedback_of_a_compiled_model_without_recompiling(tmp_path):
+    trained = _net("feedback_alignment")
+    _train(trained, _batches(1))
+    state = trained.state_dict()
+    torch._dynamo.reset()
+    counters.clear()
+    model = _net("feedback_alignment")
+    model.load_state_dict(state)
+    bd.compile_model(model, backend="aot_eager")
+    assert model.conv1.feedback.equal(trained.conv1.feedback)  # restored, not made again
+    _train(model, _batches(3))
+    assert _compile_counts() == (0, 1)
+    assert set(model.state_dict()) == set(state)  # the stock keys: no _orig_mod. prefix
+
+
+def test_feedback_made_inside_the_graph_would_break_it_which_compile_model_avoids():
+    # torch.compile alone meets the feedback tensors still to be made at the first training step
+    # inside its graph: the seeded generator breaks it there (the values are still right).
+    model, reference = _net("kolen_pollack"), _net("kolen_pollack")
+    model.forward = torch.compile(model.forward, backend="aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    got, expected = _train(model, _batches(2)), _train(reference, _batches(2))
+    assert _compile_counts()[0] > 0
+    torch.testing.assert_close(got[1]["input"], expected[1]["input"], rtol=1e-5, atol=1e-6)
+
+
+def test_no_cpp_compiler_is_an_error_naming_the_key(monkeypatch):
+    monkeypatch.setattr(bio_compile.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(RuntimeError, match="MODEL.BIO.COMPILE: torch.compile .* C\\+\\+ compiler"):
+        bd.compile_model(_net("sign_symmetry"), key="MODEL.BIO.COMPILE")
+    with pytest.raises(ValueError, match="mode 'fast' is not one of"):
+        bd.compile_model(_net("sign_symmetry"), mode="fast")
+
+
+def _hooked_run(compiled):
+    """Two rules' hooks on a SimpleTrainer: alignment every 2 steps, a mirror step every 2."""
+    model = _net("weight_mirror")
+
+    class Loss(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch):
+            return {"loss": self.net(*batch)}
+
+    wrapped = Loss(model)
+    if compiled:
+        torch._dynamo.reset()
+        counters.clear()
+        bd.compile_model(wrapped, ["net"], backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SimpleTrainer(wrapped, iter(_batches(6)), opt)
+    trainer.register_hooks(
+        [WeightMirrorHook(2, wrapped, initial_steps=1, noise_batch=2), AlignmentHook(2, wrapped)]
+    )
+    torch.manual_seed(3)
+    trainer.train(0, 6)
+    return model, trainer.storage
+
+
+def test_mirror_and_alignment_hooks_work_on_a_compiled_model_as_in_eager_mode():
+    (eager, eager_storage), (compiled, storage) = _hooked_run(False), _hooked_run(True)
+    # Traced once with the hooks in place (the probe runs eagerly): no recompilation.
+    assert _compile_counts() == (0, 1)
+    # The same trajectory: weights, and B after its mirror steps.
+    for a, b in zip(eager.state_dict().values(), compiled.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for key in ("alignment/net.conv1/grad_angle", "alignment/net.fc2/weight_angle"):
+        angles = [v for v, _ in storage.history(key).values()]
+        expected = [v for v, _ in eager_storage.history(key).values()]
+        assert len(angles) == 3 and angles == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["sign_symmetry", "kolen_pollack"])
+def test_inductor_gradients_equal_eager_ones_as_closely_as_the_stock_models(rule):
+    torch._dynamo.reset()
+    stock, stock_compiled = Net(), Net()
+    stock_compiled.load_state_dict(stock.state_dict())
+    stock_compiled.forward = torch.compile(stock_compiled.forward)
+    eager, compiled = _net(rule), _net(rule)
+    bd.compile_model(compiled)
+    batches = _batches(2)
+
+    def deviation(a, b):
+        return max(((a[n] - b[n]).abs().max() / b[n].abs().max()).item() for n in a if n in b)
+
+    stock_dev = deviation(_train(stock_compiled, batches)[1], _train(stock, batches)[1])
+    ours = _train(compiled, batches)[1]
+    ours_eager = _train(eager, batches)[1]
+    assert deviation(ours, ours_eager) <= max(10 * stock_dev, 1e-5)
+    backprop = _train(_net("backprop"), batches)[1]
+    assert deviation(ours, backprop) > 100 * max(stock_dev, 1e-6)  # and differ from backprop's
+
+
+@pytest.mark.slow
+def test_retinanet_parts_compile_with_no_break_of_ours(tmp_path):
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+    from test_detection import instant_cfg
+
+    cfg = instant_cfg("MODEL.BIO.RULE", "feedback_alignment", "MODEL.BIO.SCALE", "mean_abs")
+    mapper = DatasetMapper(cfg, is_train=True)
+    data = [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("shapes_train_mini")[:2]]
+
+    def run(rule):
+        cfg.MODEL.BIO.RULE = rule
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        torch._dynamo.reset()
+        counters.clear()
+        parts = bd.compile_model(model, backend="aot_eager")
+        assert sorted(parts) == ["backbone", "head"]
+        with EventStorage():
+            for _ in range(2):
+                sum(model(data).values()).backward()
+        return _compile_counts(), model
+
+    (stock_counts, _), ((breaks, graphs), model) = run("backprop"), run("feedback_alignment")
+    assert breaks == stock_counts[0]  # detectron2's own, if any; none of this package's
+    assert graphs == stock_counts[1]
+    assert bd.rules_of(model)["head.cls_score"] == "feedback_alignment"
+
+
+@pytest.mark.slow
+def test_train_net_compiles_trains_and_resumes_with_the_stock_keys(tmp_path):
+    import train_net
+    from detectron2.engine import default_argument_parser
+
+    config = os.path.join(
+        REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml"
+    )
+
+    def train(max_iter, *flags):
+        opts = [
+            "MODEL.BIO.COMPILE.ENABLED",
+            "True",
+            "MODEL.BIO.COMPILE.BACKEND",
+            "aot_eager",
+            "MODEL.BIO.RULE",
+            "kolen_pollack",
+            "SOLVER.MAX_ITER",
+            str(max_iter),
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
+        torch._dynamo.reset()
+        train_net.main(
+            default_argument_parser().parse_args(["--config-file", config, *flags, *opts])
+        )
+        return torch.load(str(tmp_path / "model_final.pth"), weights_only=False)
+
+    first = train(3)
+    assert not any("_orig_mod" in k for k in first["model"])
+    assert "head.cls_score.feedback" in first["model"] and first["iteration"] == 2
+    resumed = train(5, "--resume")
+    assert resumed["iteration"] == 4
