@@ -33,7 +33,13 @@ from torch import nn
 from .convert import make_feedback_now
 from .layers import is_converted
 
-__all__ = ["COMPILE_MODES", "check_compile", "compile_model", "compile_targets"]
+__all__ = [
+    "COMPILE_MODES",
+    "check_compile",
+    "compile_model",
+    "compile_targets",
+    "uncalled_compiled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +50,53 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 DETECTOR_PARTS = ("backbone", "head", "proposal_generator.rpn_head")
 
 
-def compile_targets(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+def _module_at(model: nn.Module, path: str) -> Optional[nn.Module]:
+    module = model
+    for attr in [a for a in path.split(".") if a]:
+        module = getattr(module, attr, None)
+    return module if isinstance(module, nn.Module) else None
+
+
+def compile_targets(model: nn.Module, key: str = "compile") -> List[Tuple[str, nn.Module]]:
     """
     Returns:
-        list[(str, nn.Module)]: what :func:`compile_model` compiles by default: for a model with a
-        ``backbone`` (detectron2's meta-architectures), the parts of :data:`DETECTOR_PARTS` it
-        has; for any other model, the model itself (name "").
+        list[(str, nn.Module)]: what :func:`compile_model` compiles by default: the paths a model
+        names in its ``bio_compile_targets`` attribute (this package's classifiers do; a model of
+        your own can); else, for a model with a ``backbone`` (detectron2's meta-architectures),
+        the parts of :data:`DETECTOR_PARTS` it has; else the model itself (name "").
     """
+    named = getattr(model, "bio_compile_targets", None)
+    if named is not None:
+        found = [(path, _module_at(model, path)) for path in named]
+        missing = [path for path, module in found if module is None]
+        if missing:
+            raise ValueError(
+                f"{key}: {type(model).__name__}.bio_compile_targets names {missing}, which are "
+                "not modules of the model"
+            )
+        return found
     if not isinstance(getattr(model, "backbone", None), nn.Module):
         return [("", model)]
-    found = []
-    for path in DETECTOR_PARTS:
-        module = model
-        for attr in path.split("."):
-            module = getattr(module, attr, None)
-        if isinstance(module, nn.Module):
-            found.append((path, module))
-    return found
+    found = [(path, _module_at(model, path)) for path in DETECTOR_PARTS]
+    return [(path, module) for path, module in found if module is not None]
+
+
+def _count_call(module, args):
+    module._bio_compiled_calls += 1
+
+
+def uncalled_compiled(model: nn.Module) -> List[str]:
+    """
+    Returns:
+        list[str]: the modules of ``model`` that :func:`compile_model` compiled and that no call
+        has reached since, by path: the model's forward went around them (e.g. calling a child
+        of theirs directly), so that they ran eagerly.
+    """
+    return [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if getattr(m, "_bio_compiled", False) and m._bio_compiled_calls == 0
+    ]
 
 
 def _cpp_compiler() -> Optional[str]:
@@ -124,16 +160,12 @@ def compile_model(
         device = first.device if first is not None else "cpu"
     check_compile(device, backend, key)
     if modules is None:
-        targets = compile_targets(model)
+        targets = compile_targets(model, key)
     else:
-        targets = []
-        for path in modules:
-            module = model
-            for attr in [a for a in path.split(".") if a]:
-                if not isinstance(getattr(module, attr, None), nn.Module):
-                    raise ValueError(f"{key}: {type(model).__name__} has no module {path!r}")
-                module = getattr(module, attr)
-            targets.append((path, module))
+        targets = [(path, _module_at(model, path)) for path in modules]
+        for path, module in targets:
+            if module is None:
+                raise ValueError(f"{key}: {type(model).__name__} has no module {path!r}")
     for path, module in targets:
         if getattr(module, "_bio_compiled", False):
             raise ValueError(f"{key}: {path or type(model).__name__} is compiled already")
@@ -144,7 +176,9 @@ def compile_model(
         kwargs["mode"] = mode
     for _, module in targets:
         module.forward = torch.compile(module.forward, **kwargs)
-        module._bio_compiled = True
+        module._bio_compiled, module._bio_compiled_calls = True, 0
+        # Outside the graph (a hook of the compiled module itself): see uncalled_compiled().
+        module.register_forward_pre_hook(_count_call)
     converted = sum(is_converted(m) for _, t in targets for m in t.modules())
     logger.info(
         f"Compiled {', '.join(p or type(model).__name__ for p, _ in targets)} with torch.compile "

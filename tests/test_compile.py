@@ -34,7 +34,8 @@ class Net(nn.Module):
         super().__init__()
         from detectron2.layers import Conv2d
 
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        # No bias before BatchNorm: its gradient is zero in exact arithmetic, so only rounding.
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False)
         self.conv3 = Conv2d(8, 8, 3, padding=1, norm=nn.GroupNorm(2, 8), activation=nn.ReLU())
@@ -141,6 +142,67 @@ def test_no_cpp_compiler_is_an_error_naming_the_key(monkeypatch):
         bd.compile_model(_net("sign_symmetry"), key="MODEL.BIO.COMPILE")
     with pytest.raises(ValueError, match="mode 'fast' is not one of"):
         bd.compile_model(_net("sign_symmetry"), mode="fast")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("fast", "mode 'fast' is not one of torch.compile's"),
+        (3, "=3: use True/False, a torch.compile mode, or a dict"),
+        ({"enabled": True, "modes": "default"}, r"unknown option\(s\) \['modes'\]"),
+    ],
+)
+def test_bad_compile_switches_name_the_key(value, message):
+    override = "{enabled:true,modes:default}" if isinstance(value, dict) else value
+    from bio_detectron.engine.hooks import compile_options
+    from bio_detectron.engine.lazy import load_lazy_config
+
+    with pytest.raises(ValueError, match="MODEL.BIO.COMPILE.*" + message):
+        compile_options(value, "MODEL.BIO.COMPILE")
+    config = os.path.join(
+        REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.py"
+    )
+    with pytest.raises(
+        ValueError, match="train.bio_compile.*" + message
+    ):  # before anything is built
+        load_lazy_config(config, [f"train.bio_compile={override}"])
+    assert compile_options({"enabled": False, "mode": "fast"}, "k") is None  # off: not checked
+    assert compile_options("max-autotune", "k") == {
+        "mode": "max-autotune",
+        "backend": "inductor",
+        "key": "k",
+    }
+
+
+def test_a_compiled_module_the_forward_goes_around_is_an_error_naming_it():
+    from bio_detectron.engine.hooks import CompileHook
+
+    class Around(nn.Module):  # compiles "backbone" by default, then calls its child directly
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Module()
+            self.backbone.body = _net("sign_symmetry")
+
+        def forward(self, batch):
+            return {"loss": self.backbone.body(*batch)}
+
+    def run(model):
+        trainer = SimpleTrainer(model, iter(_batches(3)), torch.optim.SGD(model.parameters(), 0.1))
+        trainer.register_hooks([CompileHook(backend="aot_eager", key="MODEL.BIO.COMPILE")])
+        trainer.train(0, 3)
+        return trainer.iter
+
+    torch._dynamo.reset()
+    with pytest.raises(
+        RuntimeError, match=r"MODEL.BIO.COMPILE: Around's forward did not call .*\['backbone'\]"
+    ):
+        run(Around())
+    model = Around()
+    model.bio_compile_targets = ("backbone.body",)  # named: compiled and called
+    assert run(model) == 3 and bio_compile.uncalled_compiled(model) == []
+    model.bio_compile_targets = ("backbone.head",)
+    with pytest.raises(ValueError, match=r"Around.bio_compile_targets names \['backbone.head'\]"):
+        bd.compile_model(model)
 
 
 def _hooked_run(compiled):
@@ -272,3 +334,65 @@ def test_train_net_compiles_trains_and_resumes_with_the_stock_keys(tmp_path):
     assert "head.cls_score.feedback" in first["model"] and first["iteration"] == 2
     resumed = train(5, "--resume")
     assert resumed["iteration"] == 4
+
+
+@pytest.mark.slow
+def test_classification_trainer_compiles_once_and_trains_as_in_eager_mode(tmp_path):
+    from test_classification import SHAPES, make_cfg
+
+    from bio_detectron.data import ensure_shapes_classification
+    from bio_detectron.engine.classification import ClassificationTrainer
+
+    root = ensure_shapes_classification(root=str(tmp_path / "datasets"), **SHAPES)
+
+    def train(compiled):
+        from detectron2.utils.env import seed_all_rng
+
+        torch._dynamo.reset()
+        counters.clear()
+        seed_all_rng(0)  # the loader's order
+        opts = ["MODEL.BIO.RULE", "kolen_pollack", "SOLVER.MAX_ITER", 3, "TEST.EVAL_PERIOD", 100]
+        if compiled:
+            opts += ["MODEL.BIO.COMPILE.ENABLED", True, "MODEL.BIO.COMPILE.BACKEND", "aot_eager"]
+        trainer = ClassificationTrainer(make_cfg(tmp_path / str(compiled), root, *opts))
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+        return trainer.unwrapped_model, losses, _compile_counts()
+
+    eager, eager_losses, (_, eager_graphs) = train(False)
+    model, losses, (breaks, graphs) = train(True)
+    assert eager_graphs == 0 and breaks == 0
+    # bio_compile_targets: the ResNet and the linear classifier, in training then in evaluation.
+    assert graphs == 4 and sorted(bio_compile.compile_targets(model)) == sorted(
+        [("backbone.bottom_up", model.backbone.bottom_up), ("classifier", model.classifier)]
+    )
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+    for (name, a), b in zip(model.state_dict().items(), eager.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+    saved = torch.load(tmp_path / "True" / "model_final.pth", weights_only=False)["model"]
+    assert not any("_orig_mod" in k for k in saved) and any(k.endswith(".feedback") for k in saved)
+
+
+@pytest.mark.slow
+def test_lazy_tool_compiles_with_train_bio_compile(tmp_path):
+    import lazyconfig_train_net as tool
+    from detectron2.engine import default_argument_parser
+
+    config = os.path.join(
+        REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.py"
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    opts = [
+        "train.bio_compile={backend:aot_eager}",
+        "model.rule=kolen_pollack",
+        f"train.output_dir={tmp_path}",
+    ]
+    args = default_argument_parser().parse_args(["--config-file", config, *opts])
+    tool.main(args)
+    breaks, graphs = _compile_counts()
+    assert graphs == 4 and breaks == 0  # backbone and head, in training and evaluation
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    assert saved["iteration"] == 3 and "head.cls_subnet.0.feedback" in saved["model"]
+    assert not any("_orig_mod" in k for k in saved["model"])

@@ -95,17 +95,39 @@ class CompileHook(HookBase):
     ``torch.compile`` of the trainer's model (:func:`bio_detectron.compile_model`) before the first
     training step: after the checkpoint or ``MODEL.WEIGHTS`` is loaded and the model is wrapped for
     DDP, so that the feedback tensors it makes first come from the weights training starts from.
+    After the first step, a compiled module that the step never called (it ran eagerly) is an
+    error naming it.
     """
 
     def __init__(self, model=None, *, mode="default", backend="inductor", key="compile"):
         self._model = model
         self.mode, self.backend, self.key = mode, backend, key
+        self._checked = False
+
+    def _unwrapped(self):
+        return unwrap_model(self._model if self._model is not None else self.trainer.model)
 
     def before_train(self):
         from ..compile import compile_model
 
-        model = unwrap_model(self._model if self._model is not None else self.trainer.model)
-        compile_model(model, mode=self.mode, backend=self.backend, key=self.key)
+        compile_model(self._unwrapped(), mode=self.mode, backend=self.backend, key=self.key)
+        self._checked = False
+
+    def after_step(self):
+        if self._checked:
+            return
+        from ..compile import uncalled_compiled
+
+        self._checked = True
+        model = self._unwrapped()
+        uncalled = uncalled_compiled(model)
+        if uncalled:
+            raise RuntimeError(
+                f"{self.key}: {type(model).__name__}'s forward did not call the compiled "
+                f"module(s) {uncalled} in the first training step (it called their children "
+                "directly), so that they ran eagerly. Name the modules it calls in a "
+                "bio_compile_targets attribute of the model (see bio_detectron.compile_model)."
+            )
 
 
 def compile_options(value, key: str) -> Optional[dict]:

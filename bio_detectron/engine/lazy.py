@@ -79,7 +79,8 @@ def load_lazy_config(path: str, opts=()):
     """
     Load a LazyConfig file, apply command-line overrides ("key=value") and check bio_detectron's
     keys: ``train.device`` becomes "cpu" when it names CUDA and none is available (a warning says
-    so) and ``train.bio_alignment_period`` must be an integer >= 0.
+    so), ``train.bio_alignment_period`` must be an integer >= 0 and ``train.bio_compile`` a
+    switch :func:`~.hooks.compile_options` takes.
 
     Returns:
         omegaconf.DictConfig: the config.
@@ -87,6 +88,7 @@ def load_lazy_config(path: str, opts=()):
     cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(opts))
     cfg.train.device = device_or_cpu(cfg.train.device, "train.device")
     alignment_period(cfg)
+    compile_options(cfg.train.get("bio_compile", None), COMPILE_KEY)
     return cfg
 
 

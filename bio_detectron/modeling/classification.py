@@ -163,6 +163,7 @@ class ResNetClassifier(ImageClassifier):
         """
         super().__init__(**kwargs)
         self.backbone = _Container(bottom_up=bottom_up)
+        self.bio_compile_targets = ("backbone.bottom_up", "classifier")
         self.out_feature = out_feature
         channels = bottom_up.output_shape()[out_feature].channels
         self.classifier = nn.Linear(channels, num_classes)
@@ -225,6 +226,7 @@ class AlexNet(ImageClassifier):
             self.head.add_module(f"bn{name}", nn.BatchNorm1d(width))
             self.head.add_module(f"relu{name}", nn.ReLU(inplace=True))
         self.classifier = nn.Linear(width, num_classes)
+        self.bio_compile_targets = ("backbone.bottom_up", "head", "classifier")
 
     @classmethod
     def from_config(cls, cfg, num_classes: int):
