@@ -363,10 +363,8 @@ def test_classification_trainer_compiles_once_and_trains_as_in_eager_mode(tmp_pa
     eager, eager_losses, (_, eager_graphs) = train(False)
     model, losses, (breaks, graphs) = train(True)
     assert eager_graphs == 0 and breaks == 0
-    # bio_compile_targets: the ResNet and the linear classifier, in training then in evaluation.
-    assert graphs == 4 and sorted(bio_compile.compile_targets(model)) == sorted(
-        [("backbone.bottom_up", model.backbone.bottom_up), ("classifier", model.classifier)]
-    )
+    # bio_compile_targets: the whole model, in training then in evaluation.
+    assert graphs == 2 and bio_compile.compile_targets(model) == [("", model)]
     assert losses == pytest.approx(eager_losses, rel=1e-4)
     for (name, a), b in zip(model.state_dict().items(), eager.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
@@ -396,3 +394,39 @@ def test_lazy_tool_compiles_with_train_bio_compile(tmp_path):
     saved = torch.load(tmp_path / "model_final.pth", weights_only=False)
     assert saved["iteration"] == 3 and "head.cls_subnet.0.feedback" in saved["model"]
     assert not any("_orig_mod" in k for k in saved["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["sign_symmetry", "kolen_pollack"])
+@pytest.mark.parametrize("arch", ["ResNetClassifier", "AlexNet"])
+def test_classifiers_compile_whole_in_training_and_evaluation(arch, rule):
+    from test_classification import make_cfg
+
+    from bio_detectron.modeling.classification import build_classifier
+
+    size = 64 if arch == "AlexNet" else 32
+    cfg = make_cfg(
+        "", "", "MODEL.CLASSIFIER.NAME", arch, "MODEL.BIO.RULE", rule,
+        "INPUT.CLASSIFICATION.SIZE", size,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    eager = build_classifier(cfg, num_classes=3)
+    model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    counters.clear()
+    assert list(bd.compile_model(model, backend="aot_eager")) == [""]
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 256, (4, 3, size, size), generator=g, dtype=torch.uint8),
+                torch.randint(0, 3, (4,), generator=g)) for _ in range(2)]  # fmt: skip
+    for net in (model, eager):
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        for batch in batches:
+            opt.zero_grad()
+            net(batch)["loss_cls"].backward()
+            opt.step()
+    assert _compile_counts() == (0, 1)
+    model.eval(), eager.eval()
+    with torch.no_grad():
+        got = [model(images) for images, _ in batches]
+        torch.testing.assert_close(got[1], eager(batches[1][0]), rtol=1e-4, atol=1e-4)
+    assert _compile_counts() == (0, 2)

@@ -99,6 +99,7 @@ def _agreement_worker(cases, output_dir):
             "differ": sorted(
                 n for n in gathered[0] if any(g[n] != gathered[0][n] for g in gathered)
             ),
+            "compiled": [n for n, m in model.named_modules() if getattr(m, "_bio_compiled", 0)],
         }
         if comm.is_main_process():
             torch.save(
@@ -146,6 +147,26 @@ def _cases(pretrained, shapes_root):
                 "MODEL.BIO.RULE",
                 "feedback_alignment",
             ],  # fmt: skip
+        }
+    )
+    compiled = ["MODEL.BIO.COMPILE.ENABLED", "True", "MODEL.BIO.COMPILE.BACKEND", "aot_eager"]
+    cases.append(
+        {
+            "name": "compiled after wrapping: kolen_pollack/mean_abs",
+            "kind": "detection",
+            "opts": COMMON + ["MODEL.BIO.RULE", "kolen_pollack", *compiled],
+        }
+    )
+    classification = [
+        "MODEL.DEVICE", "cpu", "DATASETS.IMAGENET_ROOT", shapes_root,
+        "INPUT.CLASSIFICATION.SIZE", "32", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "2",
+        "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "100", "SEED", "7",
+    ]  # fmt: skip
+    cases.append(
+        {
+            "name": "classification compiled: kolen_pollack/mean_abs",
+            "kind": "classification",
+            "opts": ["MODEL.BIO.RULE", "kolen_pollack", *compiled, *classification],
         }
     )
     cases.append(
@@ -236,6 +257,8 @@ def test_every_case_agrees_across_processes(agreement):
         expected = 20 if name.startswith("classification") else 34
         assert len(feedback) == (expected if stateful else 0), name
         assert len(params) > 60, name
+        expected = [""] if name.startswith("classification") else ["backbone", "head"]
+        assert r["compiled"] == (expected if "compiled" in name else []), name
         assert r["differ"] == [], (
             f"{name}: {len(r['differ'])} tensors differ, e.g. {r['differ'][:3]}"
         )

@@ -59,7 +59,12 @@ class ImageClassifier(nn.Module):
     The batch is what :func:`bio_detectron.data.imagenet.build_classification_train_loader`
     yields: ``(images, labels)``, images uint8 or float (N, 3, H, W) in 0-255 in INPUT.FORMAT's
     channel order, labels int64 (N,). In evaluation, images alone are accepted too.
+
+    Every step has static shapes, so :func:`bio_detectron.compile_model` compiles the whole
+    model, loss included (:attr:`bio_compile_targets`).
     """
+
+    bio_compile_targets = ("",)
 
     def __init__(
         self,
@@ -163,7 +168,6 @@ class ResNetClassifier(ImageClassifier):
         """
         super().__init__(**kwargs)
         self.backbone = _Container(bottom_up=bottom_up)
-        self.bio_compile_targets = ("backbone.bottom_up", "classifier")
         self.out_feature = out_feature
         channels = bottom_up.output_shape()[out_feature].channels
         self.classifier = nn.Linear(channels, num_classes)
@@ -226,7 +230,6 @@ class AlexNet(ImageClassifier):
             self.head.add_module(f"bn{name}", nn.BatchNorm1d(width))
             self.head.add_module(f"relu{name}", nn.ReLU(inplace=True))
         self.classifier = nn.Linear(width, num_classes)
-        self.bio_compile_targets = ("backbone.bottom_up", "head", "classifier")
 
     @classmethod
     def from_config(cls, cfg, num_classes: int):
