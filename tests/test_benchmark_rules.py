@@ -86,5 +86,29 @@ def test_benchmark_runs_and_reports_each_ratio_with_its_interval(tmp_path):
     assert record["variants"]["native"]["ratio_95_interval"] == [1.0, 1.0]
 
 
+@pytest.mark.slow
+def test_compiled_rows_and_their_phases(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    cmd = [
+        sys.executable, SCRIPT, "--batch", "2", "--size", "32", "--rounds", "3", "--steps", "1",
+        "--rules", "kolen_pollack", "--compile", "--compile-backend", "aot_eager", "--no-eager",
+        "--eval-rules", "--json", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text().splitlines()[-1])
+    compiled = {
+        "native (compiled)",
+        "bare autograd.Function (compiled)",
+        "kolen_pollack (compiled)",
+    }
+    assert set(record["variants"]) == {"native"} | compiled
+    assert record["compile_backend"] == "aot_eager" and set(record["compiled_phases"]) == compiled
+    for name in compiled:
+        phases = record["compiled_phases"][name]
+        assert 0 < phases["optimizer_s"] < phases["forward+backward_s"], name
+        assert f"| {name} " in result.stdout.split("by phase")[1]
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))

@@ -203,24 +203,35 @@ def bare_function_model(model):
     return model
 
 
-def make_step(model, batch, loss_fn, device, amp_dtype=None):
+def make_step(model, batch, loss_fn, device, amp_dtype=None, phases=None):
     """One training step; under autocast to ``amp_dtype`` unless None, with a gradient scaler
-    for float16 (as detectron2's AMPTrainer)."""
+    for float16 (as detectron2's AMPTrainer). With ``phases`` (a dict), each step appends the
+    seconds of its forward and backward to ``phases["forward+backward"]`` and of its optimizer
+    step to ``phases["optimizer"]``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     )
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     def step():
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast:
             loss = loss_fn(model, batch)
         scaler.scale(loss).backward()
+        sync()
+        t1 = time.perf_counter()
         scaler.step(opt)
         scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
+        if phases is not None:
+            phases.setdefault("forward+backward", []).append(t1 - t0)
+            phases.setdefault("optimizer", []).append(time.perf_counter() - t1)
 
     return step
 
@@ -316,6 +327,10 @@ def main():
         help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on CUDA)",
     )  # fmt: skip
     parser.add_argument(
+        "--compile-backend", default="inductor",
+        help="torch.compile's backend for --compile (aot_eager: tracing only, for tests)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-eager", dest="eager_rows", action="store_false",
         help="with --compile: leave out the eager training rows (native stays, as the yardstick)",
     )  # fmt: skip
@@ -363,6 +378,7 @@ def main():
         model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
         variants[f"{rule} (eval, no_grad)"] = make_eval_step(model, batch, device)
         reference[f"{rule} (eval, no_grad)"] = "native (eval, no_grad)"
+    phases = {}  # compiled variant -> its steps' phases (see make_step)
     if args.compile:
         # Every compiled variant is another instance of the same model class, whose forward dynamo
         # compiles once per instance: raise its per-function limit, past which it would silently
@@ -377,13 +393,18 @@ def main():
             model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
             compiled[f"{rule} (compiled)"] = model
         for name, model in compiled.items():
-            bd.compile_model(model, mode=args.compile_mode, device=device)
-            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype)
+            bd.compile_model(
+                model, mode=args.compile_mode, backend=args.compile_backend, device=device
+            )
+            phases[name] = {}
+            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype, phases[name])
             reference[name] = "native (compiled)"
     variants.update(mirrors)
     for step in variants.values():  # warm-up: allocator, kernels, momentum buffers; compiling
         step()
         step()
+    for p in phases.values():
+        p.clear()
 
     times = {name: [] for name in variants}
     # Each round runs the variants in a new order: a fixed order would time later variants
@@ -405,6 +426,7 @@ def main():
             ", channels_last" if args.channels_last else "",
             f", scale {args.scale}" if args.scale else "",
             f", compiled rows: mode {args.compile_mode}" if args.compile else "",
+            f", backend {args.compile_backend}" if args.compile else "",
         ]
     )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -440,6 +462,22 @@ def main():
             f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x | "
             f"{f'{low:.3f}-{high:.3f}':>15} |"
         )
+    breakdown = {}
+    if phases:
+        # Where a compiled rule's extra time goes: its forward and backward (the rule's B made in
+        # the graph, its backward) and its optimizer step (Kolen-Pollack: B's update too).
+        base_phases = phases["native (compiled)"]
+        print("\nCompiled rows by phase, median ms per step (+ ms over native (compiled)):")
+        print(f"| {'variant':<32} | {'forward+backward':>22} | {'optimizer step':>22} |")
+        print(f"|{'-' * 34}|{'-' * 24}|{'-' * 24}|")
+        for name, p in phases.items():
+            cells, breakdown[name] = [], {}
+            for phase in ("forward+backward", "optimizer"):
+                median = statistics.median(p[phase])
+                extra = median - statistics.median(base_phases[phase])
+                breakdown[name][phase + "_s"] = median
+                cells.append(f"{median * 1e3:9.1f} ({extra * 1e3:+7.1f})")
+            print(f"| {name:<32} | {cells[0]:>22} | {cells[1]:>22} |")
     if args.json:
         record = {
             "benchmark": "rules",
@@ -451,12 +489,14 @@ def main():
             "channels_last": args.channels_last,
             "scale": args.scale,
             "compile_mode": args.compile_mode if args.compile else None,
+            "compile_backend": args.compile_backend if args.compile else None,
             "rounds": args.rounds,
             "steps": args.steps,
             "device": device_name,
             "torch": torch.__version__,
             "malloc_env": malloc,
             "variants": results,
+            "compiled_phases": breakdown,
         }
         with open(args.json, "a") as f:
             f.write(json.dumps(record) + "\n")
