@@ -30,6 +30,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -41,6 +42,8 @@ from detectron2.evaluation import (
     LVISEvaluator,
     SemSegEvaluator,
 )
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 from ..data import ensure_dataset_files
 from .voc_evaluation import PascalVOCEvaluator
@@ -51,6 +54,7 @@ __all__ = [
     "build_dataset_evaluator",
     "build_evaluator",
     "coco_tasks",
+    "load_sem_seg_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +82,16 @@ EVALUATOR_PACKAGES = {
     "cityscapes_instance": ("cityscapesscripts", "pip install cityscapesscripts"),
     "cityscapes_sem_seg": ("cityscapesscripts", "pip install cityscapesscripts"),
 }
+
+
+def load_sem_seg_labels(filename: str, dtype=int) -> np.ndarray:
+    """
+    A semantic label PNG as an array, for ``SemSegEvaluator(sem_seg_loading_fn=...)``.
+    Detectron2's own loader calls ``np.array(image, copy=False)``, which NumPy 2 refuses for a PIL
+    image ("Unable to avoid copy"), so that its SemSegEvaluator fails on every image there.
+    """
+    with PathManager.open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
 
 
 def _check_package(dataset_name: str, evaluator_type: str) -> None:
@@ -148,7 +162,11 @@ def build_dataset_evaluator(
     # coco, sem_seg and coco_panoptic_seg: the panoptic types get all three, as in detectron2.
     evaluators = []
     if evaluator_type in ("sem_seg", "coco_panoptic_seg"):
-        evaluators.append(SemSegEvaluator(dataset_name, distributed, output_dir))
+        evaluators.append(
+            SemSegEvaluator(
+                dataset_name, distributed, output_dir, sem_seg_loading_fn=load_sem_seg_labels
+            )
+        )
     if evaluator_type in ("coco", "coco_panoptic_seg"):
         evaluators.append(
             COCOEvaluator(
