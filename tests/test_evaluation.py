@@ -169,6 +169,7 @@ def test_lazy_trainer_without_evaluator_uses_the_test_sets_type(miniatures, tmp_
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a new process importing detectron2
 def test_builtin_names_load_the_miniatures_from_detectron2_datasets(miniatures):
     # A new process whose DETECTRON2_DATASETS points at the miniatures: Detectron2's builtin names.
     code = (
@@ -357,3 +358,31 @@ def test_panoptic_evaluator_scores_ground_truth_pq_100(miniatures):
     assert stuff["sem_seg"]["mIoU"] == pytest.approx(100.0)
     assert stuff["sem_seg"]["IoU-things"] == pytest.approx(100.0)
     assert stuff["sem_seg"]["IoU-wall"] == pytest.approx(100.0)  # COCO's "wall-other-merged"
+
+
+def test_make_miniatures_tool_writes_once_and_leaves_existing_folders(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import make_miniatures
+
+    argv = ["--root", str(tmp_path), "--layouts", "voc2007", "--num-train", "2", "--num-val", "1"]
+    written = make_miniatures.main(argv)
+    assert written == {"voc2007": (str(tmp_path / "VOC2007"), True)}
+    # 2 train, 1 val, 1 test.
+    assert len(os.listdir(tmp_path / "VOC2007" / "JPEGImages")) == 4
+    assert make_miniatures.main(argv)["voc2007"][1] is False  # not written over
+    out = capsys.readouterr().out
+    assert "VOC2007: written; Detectron2's voc_2007_{trainval,train,val,test}" in out
+    assert "VOC2007: exists, left as it is" in out
+    assert f"export DETECTRON2_DATASETS={tmp_path}" in out
+
+
+def test_bad_miniature_arguments_are_named(tmp_path):
+    from bio_detectron.data import write_miniatures
+
+    with pytest.raises(ValueError, match=r"unknown layout\(s\) \['voc2009'\]; the layouts are"):
+        write_miniatures(str(tmp_path), layouts=["voc2009"])
+    with pytest.raises(ValueError, match="image_size must be at least 32 pixels, got 16"):
+        write_miniatures(str(tmp_path), image_size=16)
+    with pytest.raises(ValueError, match="num_val must be an integer >= 1, got 0"):
+        write_miniatures(str(tmp_path), num_val=0)
+    assert os.listdir(tmp_path) == []
