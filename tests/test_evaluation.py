@@ -386,3 +386,31 @@ def test_bad_miniature_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="num_val must be an integer >= 1, got 0"):
         write_miniatures(str(tmp_path), num_val=0)
     assert os.listdir(tmp_path) == []
+
+
+def test_person_keypoints_mirror_left_and_right_as_detectron2s_flip_map():
+    from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP as FLIP
+    from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES as NAMES
+
+    from bio_detectron.data.coco_layout import _keypoints
+
+    # A square turned by 10 degrees about (40, 50); its mirror image about x = 40.
+    angle = np.radians(10 + 45 + 90 * np.arange(4))
+    square = np.stack([40 + 20 * np.cos(angle), 50 + 20 * np.sin(angle)], axis=1)
+    mirrored = square * [-1, 1] + [80, 0]
+    full = np.ones((96, 96), dtype=bool)
+    kp = np.array(_keypoints({"polygon": square, "mask": full, "visible": full}, 96)).reshape(17, 3)
+    kpm = np.array(_keypoints({"polygon": mirrored, "mask": full, "visible": full}, 96))
+    kpm = kpm.reshape(17, 3)
+    index = {name: i for i, name in enumerate(NAMES)}
+    assert kp[index["nose"], 0] == pytest.approx(40.0) and 30 < kp[index["nose"], 1] < 50  # up
+    np.testing.assert_allclose(kpm[index["nose"], :2], [80 - kp[index["nose"], 0], kp[0, 1]])
+    for left, right in FLIP:  # flipping the image swaps the names of each pair
+        np.testing.assert_allclose(
+            kpm[index[left], :2], [80 - kp[index[right], 0], kp[index[right], 1]], atol=0.02
+        )
+    assert set(kp[:, 2]) == {2}  # all seen
+    covered = full.copy()
+    covered[:, :40] = False  # what a later shape covers: the left half
+    kp = np.array(_keypoints({"polygon": square, "mask": full, "visible": covered}, 96))
+    assert set(kp.reshape(17, 3)[:, 2][kp.reshape(17, 3)[:, 0] < 39]) == {1}
