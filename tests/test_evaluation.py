@@ -414,3 +414,17 @@ def test_person_keypoints_mirror_left_and_right_as_detectron2s_flip_map():
     covered[:, :40] = False  # what a later shape covers: the left half
     kp = np.array(_keypoints({"polygon": square, "mask": full, "visible": covered}, 96))
     assert set(kp.reshape(17, 3)[:, 2][kp.reshape(17, 3)[:, 0] < 39]) == {1}
+
+
+def test_same_arguments_write_the_same_files(tmp_path):
+    from bio_detectron.data import write_miniatures
+
+    for out in ("a", "b"):
+        write_miniatures(str(tmp_path / out), ["voc2012", "coco"], num_train=2, num_val=1, seed=3)
+    files = []
+    for folder, _, names in os.walk(tmp_path / "a"):
+        files += [os.path.relpath(os.path.join(folder, n), tmp_path / "a") for n in names]
+    assert len(files) > 20
+    for f in files:
+        with open(tmp_path / "a" / f, "rb") as a, open(tmp_path / "b" / f, "rb") as b:
+            assert a.read() == b.read(), f

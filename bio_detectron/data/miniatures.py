@@ -22,8 +22,8 @@ JPEGImages/<id>.jpg}``
 annotations_detectron2}/{training,validation}/``
 =====================================================  ============================================
 
-The shapes take names of the real sets' classes (:data:`VOC_CLASSES`, :data:`COCO_THINGS`,
-:data:`ADE20K_CLASSES`); the other classes have no objects. The background is one stuff class
+The shapes take names of the real sets' classes (:mod:`.layouts`: ``VOC_CLASSES``, ``COCO_THINGS``,
+``ADE20K_CLASSES``); the other classes have no objects. The background is one stuff class
 (COCO's "wall-other-merged", ADE20K's "wall"). In COCO's person-keypoints file every shape is a
 "person" whose 17 keypoints lie where rays from its centre, at fixed image angles, leave it: mirror
 images swap left and right keypoints as detectron2's flip map expects. VOC objects whose box is
