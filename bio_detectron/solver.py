@@ -15,7 +15,7 @@ layer's, which has switches and a learning rate of its own, and leaves biases ou
 import logging
 import math
 import numbers
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.solver import build_optimizer
@@ -28,6 +28,7 @@ from .modeling.parts import parts_of
 __all__ = [
     "OPTIMIZERS",
     "BatchManhattanSGD",
+    "bio_param_groups",
     "build_bio_optimizer",
     "check_trained_feedback",
     "last_layer_parameters",
@@ -183,58 +184,124 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         check_trained_feedback(optimizer, model)
         return optimizer
 
-    last = last_layer_parameters(model)
-    last_keys = [k for k in ("LAST_LAYER_BATCH_MANHATTAN", "LAST_LAYER_NO_SIGN_CHANGE") if s[k]]
-    last_keys += ["LAST_LAYER_LR"] if s.LAST_LAYER_LR > 0 else []
-    if last_keys and not last:
-        raise ValueError(
-            f"SOLVER.BIO.{last_keys[0]} is set, but {type(model).__name__} has no last layer (no "
-            "layer of part 'predictor', e.g. cls_score, bbox_pred or classifier)"
-        )
-    names = {p: n for n, p in model.named_parameters()}
-    base_lr = cfg.SOLVER.BASE_LR
-    groups: List[dict] = []
-    for group in get_default_optimizer_params(
+    groups = bio_param_groups(
         model,
-        base_lr=base_lr,
+        base_lr=cfg.SOLVER.BASE_LR,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    ):
-        split: Dict[tuple, List[nn.Parameter]] = {}
-        for p in group["params"]:
-            is_last, name = p in last, names[p]
-            nsc = s.LAST_LAYER_NO_SIGN_CHANGE if is_last else s.NO_SIGN_CHANGE
-            nsc = nsc and not name.endswith("bias")
-            if nsc and name.endswith(".feedback"):
-                raise ValueError(
-                    f"{name} is a feedback weight trained like its layer's weight (kolen_pollack); "
-                    "no sign change would clamp W and B apart. Turn off SOLVER.BIO."
-                    f"{'LAST_LAYER_' if is_last else ''}NO_SIGN_CHANGE or use another rule."
-                )
-            split.setdefault((is_last, nsc), []).append(p)
-        for (is_last, nsc), params in split.items():
-            hyper = {k: v for k, v in group.items() if k != "params"}
-            if is_last and s.LAST_LAYER_LR > 0:
-                hyper["lr"] = s.LAST_LAYER_LR * hyper.get("lr", base_lr) / base_lr
-            hyper["batch_manhattan"] = (
-                s.LAST_LAYER_BATCH_MANHATTAN if is_last else s.OPTIMIZER == "BatchManhattanSGD"
-            )
-            hyper["no_sign_change"] = nsc
-            groups.append({"params": params, **hyper})
+        batch_manhattan=s.OPTIMIZER == "BatchManhattanSGD",
+        no_sign_change=s.NO_SIGN_CHANGE,
+        last_layer_batch_manhattan=s.LAST_LAYER_BATCH_MANHATTAN,
+        last_layer_no_sign_change=s.LAST_LAYER_NO_SIGN_CHANGE,
+        last_layer_lr=s.LAST_LAYER_LR,
+        keys="SOLVER.BIO.",
+    )
     optimizer = BatchManhattanSGD(
         groups,
-        lr=base_lr,
+        lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
-    _log_groups(optimizer, names, last)
+    _log_groups(optimizer, model)
     check_trained_feedback(optimizer, model)
     return maybe_add_gradient_clipping(cfg, optimizer)
 
 
-def _log_groups(optimizer, names, last):
+def bio_param_groups(
+    model: nn.Module,
+    base_lr: float,
+    *,
+    weight_decay_norm: Optional[float] = None,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: Optional[float] = None,
+    batch_manhattan: bool = True,
+    no_sign_change: bool = False,
+    last_layer_batch_manhattan: bool = False,
+    last_layer_no_sign_change: bool = False,
+    last_layer_lr: float = 0.0,
+    keys: str = "",
+) -> List[dict]:
+    """
+    The parameter groups of a :class:`BatchManhattanSGD`: detectron2's
+    (``get_default_optimizer_params``), each split into the last layer's (the "predictor" part,
+    :func:`last_layer_parameters`) and the rest's, with their own switches and learning rate. It
+    is what :func:`build_bio_optimizer` uses for ``SOLVER.BIO``, and the ``params`` of a
+    LazyConfig's optimizer::
+
+        optimizer = L(BatchManhattanSGD)(
+            params=L(bio_param_groups)(base_lr="${..lr}", last_layer_lr=0.01),
+            lr=0.0001, momentum=0.9, weight_decay=1e-4,
+        )  # the trainer sets optimizer.params.model
+
+    Args:
+        model: the model before it is wrapped in DistributedDataParallel.
+        base_lr: the optimizer's learning rate (a group's lr is relative to it).
+        weight_decay_norm, bias_lr_factor, weight_decay_bias: as detectron2's.
+        batch_manhattan, no_sign_change: the switches of every parameter but the last layer's.
+        last_layer_batch_manhattan, last_layer_no_sign_change: the last layer's switches.
+        last_layer_lr: the last layer's learning rate (times its group's factor); 0: ``base_lr``.
+        keys: the prefix of the options' names in errors ("SOLVER.BIO." for the yacs keys).
+
+    Returns:
+        list[dict]: the groups, each with "params", "lr", "batch_manhattan", "no_sign_change" and
+        detectron2's other hyperparameters. Biases never get no sign change.
+    """
+    last = last_layer_parameters(model)
+    set_keys = [
+        key
+        for key, value in (
+            ("last_layer_batch_manhattan", last_layer_batch_manhattan),
+            ("last_layer_no_sign_change", last_layer_no_sign_change),
+            ("last_layer_lr", last_layer_lr > 0),
+        )
+        if value
+    ]
+    if set_keys and not last:
+        key = keys + set_keys[0].upper() if keys else set_keys[0]
+        raise ValueError(
+            f"{key} is set, but {type(model).__name__} has no last layer (no "
+            "layer of part 'predictor', e.g. cls_score, bbox_pred or classifier)"
+        )
+    names = {p: n for n, p in model.named_parameters()}
+    groups: List[dict] = []
+    for group in get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay_norm=weight_decay_norm,
+        bias_lr_factor=bias_lr_factor,
+        weight_decay_bias=weight_decay_bias,
+    ):
+        split: Dict[tuple, List[nn.Parameter]] = {}
+        for p in group["params"]:
+            is_last, name = p in last, names[p]
+            nsc = last_layer_no_sign_change if is_last else no_sign_change
+            nsc = nsc and not name.endswith("bias")
+            if nsc and name.endswith(".feedback"):
+                key = "NO_SIGN_CHANGE" if keys else "no_sign_change"
+                key = keys + ("LAST_LAYER_" if keys else "last_layer_") * is_last + key
+                raise ValueError(
+                    f"{name} is a feedback weight trained like its layer's weight (kolen_pollack); "
+                    f"no sign change would clamp W and B apart. Turn off {key} or use another "
+                    "rule."
+                )
+            split.setdefault((is_last, nsc), []).append(p)
+        for (is_last, nsc), params in split.items():
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            if is_last and last_layer_lr > 0:
+                hyper["lr"] = last_layer_lr * hyper.get("lr", base_lr) / base_lr
+            hyper["batch_manhattan"] = bool(
+                last_layer_batch_manhattan if is_last else batch_manhattan
+            )
+            hyper["no_sign_change"] = bool(nsc)
+            groups.append({"params": params, **hyper})
+    return groups
+
+
+def _log_groups(optimizer, model):
+    names = {p: n for n, p in model.named_parameters()}
+    last = last_layer_parameters(model)
     for g in optimizer.param_groups:
         which = "last layer" if g["params"][0] in last else "other layers"
         logger.info(

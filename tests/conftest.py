@@ -13,3 +13,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The prefix of the miniatures' names in the test session: "mini_voc_2007_test", ...
+MINI = "mini_"
+
+
+@pytest.fixture(scope="session")
+def miniatures(tmp_path_factory):
+    """
+    The miniatures of Detectron2's builtin datasets (bio_detectron.data.miniatures), 96 px, 8
+    train and 4 val images per layout, written once per session and registered as
+    ``mini_<builtin name>`` with Detectron2's own registration functions.
+
+    Returns:
+        str: their root (what DETECTRON2_DATASETS would point at).
+    """
+    from bio_detectron.data import register_miniatures, write_miniatures
+
+    root = str(tmp_path_factory.mktemp("miniatures"))
+    write_miniatures(root, image_size=96, num_train=8, num_val=4)
+    register_miniatures(root, MINI)
+    return root

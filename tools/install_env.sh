@@ -22,3 +22,8 @@ fi
 
 bash tools/install_detectron2.sh "$PY"
 "$PY" -m pip install --quiet -e '.[test]'
+# COCOPanopticEvaluator's panopticapi, for the coco_panoptic_seg tests (tests/test_evaluation.py,
+# tests/test_miniature_training.py): cocodataset/panopticapi packaged as a wheel. Not in setup.py's
+# test extra and without its dependencies: its metadata pins numpy<2, which its code does not
+# need, and pip would downgrade this environment's NumPy for it.
+"$PY" -m pip install --quiet --no-deps 'panopticapi-lite==0.2.0'

@@ -5,6 +5,10 @@ Importing this package registers the embedded detection datasets with detectron2
 "shapes_train" / "shapes_val", "textures_train" / "textures_val" and "photos_train" / "photos_val",
 and small 96 px copies "<kind>_train_mini" / "<kind>_val_mini" of each (generated on first load,
 into ``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``; set the variable before importing).
+
+:func:`write_miniatures` writes miniatures of the datasets Detectron2 itself registers (Pascal VOC,
+COCO instances, keypoints and panoptic, ADE20K) in their on-disk layouts, for
+``$DETECTRON2_DATASETS`` (:mod:`.miniatures`).
 """
 
 from .cache import datasets_root
@@ -38,6 +42,7 @@ from .imagenet import (
     build_classification_train_loader,
     classification_root,
 )
+from .miniatures import register_miniatures, write_miniatures
 from .photos import PHOTO_CLASSES
 from .shapes import CLASSIFICATION_CLASSES, DETECTION_CLASSES
 from .textures import TEXTURE_CLASSES
@@ -69,12 +74,14 @@ __all__ = [
     "load_coco_dataset",
     "photos_classification_dir",
     "photos_dataset_paths",
+    "register_miniatures",
     "register_generated_dataset",
     "register_shapes_dataset",
     "register_textures_dataset",
     "shapes_classification_dir",
     "shapes_dataset_paths",
     "textures_dataset_paths",
+    "write_miniatures",
 ]
 
 

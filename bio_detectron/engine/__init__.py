@@ -16,6 +16,7 @@ from .classification import (
     evaluate_classifier,
 )
 from .ddp import create_ddp_model, unwrap_model
+from .evaluation import EVALUATOR_TYPES, build_dataset_evaluator, build_evaluator
 from .hooks import FiniteLossCheck, add_bio_hooks, add_bio_hooks_from_cfg
 from .lazy import (
     AMPLazyTrainer,
@@ -28,8 +29,10 @@ from .lazy import (
 )
 from .mirror_hook import WeightMirrorHook, build_weight_mirror_hook, weight_mirror_hook
 from .trainer import BioTrainer
+from .voc_evaluation import PascalVOCEvaluator
 
 __all__ = [
+    "EVALUATOR_TYPES",
     "AMPClassificationTrainer",
     "AMPLazyTrainer",
     "AlignmentHook",
@@ -39,12 +42,15 @@ __all__ = [
     "ClassificationTrainer",
     "FiniteLossCheck",
     "LazyTrainer",
+    "PascalVOCEvaluator",
     "WeightMirrorHook",
     "add_bio_hooks",
     "add_bio_hooks_from_cfg",
     "amp_precision",
     "build_alignment_hook",
     "build_classification_trainer",
+    "build_dataset_evaluator",
+    "build_evaluator",
     "build_lazy_trainer",
     "build_weight_mirror_hook",
     "create_ddp_model",

@@ -10,7 +10,9 @@ the yacs path:
   (:class:`~.hooks.FiniteLossCheck`);
 * the alignment metrics every ``train.bio_alignment_period`` iterations (:class:`AlignmentHook`);
 * ``train.device`` "cuda" falls back to "cpu", with a warning, when CUDA is missing;
-* the embedded datasets' files generated before ``dataloader.evaluator`` opens them.
+* the embedded datasets' files generated before ``dataloader.evaluator`` opens them;
+* without ``dataloader.evaluator``, the evaluator of the test dataset's ``evaluator_type``
+  (:mod:`~.evaluation`).
 
 The config has the keys of detectron2's ``configs/common/train.py`` (``model``, ``optimizer``,
 ``lr_multiplier``, ``dataloader.{train,test,evaluator}``, ``train.*``), and optionally:
@@ -26,6 +28,7 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
 """
 
 import logging
+import os
 import warnings
 import weakref
 from collections import OrderedDict
@@ -44,6 +47,7 @@ from ..data import ensure_dataset_files
 from ..mirror import MIRROR_DEFAULTS
 from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model
+from .evaluation import build_dataset_evaluator
 from .hooks import add_bio_hooks, compile_options, nonnegative_int
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "load_lazy_config",
     "alignment_period",
     "build_lazy_model",
+    "default_lazy_evaluator",
     "do_test",
     "LazyTrainer",
     "AMPLazyTrainer",
@@ -97,6 +102,23 @@ def alignment_period(cfg) -> int:
     return nonnegative_int(cfg.train.get("bio_alignment_period", 0), ALIGNMENT_PERIOD_KEY)
 
 
+def default_lazy_evaluator(cfg):
+    """
+    The evaluator of a LazyConfig without ``dataloader.evaluator``: the one of the
+    ``evaluator_type`` of its test dataset (``dataloader.test.dataset.names``, one name), writing
+    into ``train.output_dir/inference/<name>``.
+    """
+    names = cfg.dataloader.test.dataset.names
+    names = [names] if isinstance(names, str) else list(names)
+    if len(names) != 1:
+        raise ValueError(
+            f"dataloader.test.dataset.names={names}: without dataloader.evaluator the test split "
+            "is evaluated by its dataset's evaluator_type, so it must name one dataset"
+        )
+    output_dir = os.path.join(cfg.train.output_dir, "inference", names[0])
+    return build_dataset_evaluator(names[0], output_dir)
+
+
 def build_lazy_model(cfg) -> nn.Module:
     """``instantiate(cfg.model)`` on ``cfg.train.device``."""
     model = instantiate(cfg.model)
@@ -138,22 +160,24 @@ class LazyTrainer(SimpleTrainer):
     @classmethod
     def test(cls, cfg, model: nn.Module) -> Optional[OrderedDict]:
         """
-        Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
+        Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``, or, when
+        the config has none, with the evaluator of the test dataset's ``evaluator_type``
+        (:func:`~.evaluation.build_dataset_evaluator`, results in
+        ``train.output_dir/inference/<dataset>``).
 
         Returns:
             OrderedDict or None: the evaluator's results (e.g. {"bbox": {"AP": ...}}) on the main
-            process, {} on the others; None, with a warning, when the config has no evaluator.
+            process, {} on the others.
         """
-        if "evaluator" not in cfg.dataloader:
-            logger.warning("The config has no dataloader.evaluator: nothing is evaluated.")
-            return None
-        # COCOEvaluator opens the dataset's json in its constructor: make embedded datasets first.
-        names = cfg.dataloader.evaluator.get("dataset_name")
-        for name in [names] if isinstance(names, str) else list(names or ()):
-            ensure_dataset_files(name)
-        results = inference_on_dataset(
-            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-        )
+        if "evaluator" in cfg.dataloader:
+            # COCOEvaluator opens the dataset's json in its constructor: make embedded sets first.
+            names = cfg.dataloader.evaluator.get("dataset_name")
+            for name in [names] if isinstance(names, str) else list(names or ()):
+                ensure_dataset_files(name)
+            evaluator = instantiate(cfg.dataloader.evaluator)
+        else:
+            evaluator = default_lazy_evaluator(cfg)
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
         if comm.is_main_process():
             print_csv_format(results)
         return results

@@ -1,14 +1,12 @@
 """The detection trainer: detectron2's DefaultTrainer with bio_detectron's pieces plugged in."""
 
 import logging
-import os
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -16,6 +14,7 @@ from ..data import CheckedDatasetMapper, ensure_dataset_files
 from ..solver import build_bio_optimizer
 from .amp import precision_trainer_class
 from .ddp import create_ddp_model, sync_batchnorm_if_distributed
+from .evaluation import build_evaluator
 from .hooks import add_bio_hooks_from_cfg
 
 __all__ = ["BioTrainer"]
@@ -31,8 +30,9 @@ class BioTrainer(DefaultTrainer):
     * BatchNorm turned into SyncBatchNorm when training with several CUDA processes
       (``MODEL.BIO.SYNC_BN``);
     * a stop with a clear message, before the optimizer step, when a loss becomes non-finite;
-    * data loaders whose errors name an unreadable image, and COCO evaluation of any dataset
-      with COCO-format metadata, the embedded ones generated on demand;
+    * data loaders whose errors name an unreadable image, and the evaluator of each dataset's
+      ``evaluator_type`` (:mod:`bio_detectron.engine.evaluation`), the embedded datasets
+      generated on demand;
     * the alignment-metrics hook when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0;
     * the optimizer of ``SOLVER.BIO`` (SGD or batch-manhattan SGD) and the weight mirror of the
       ``weight_mirror`` rule (``MODEL.BIO.MIRROR``);
@@ -101,10 +101,7 @@ class BioTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        ensure_dataset_files(dataset_name)  # COCOEvaluator opens the json in its constructor
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return build_evaluator(cfg, dataset_name, output_folder)  # by evaluator_type
 
     @classmethod
     def evaluate(cls, cfg, resume: bool = False):
