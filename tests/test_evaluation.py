@@ -101,6 +101,45 @@ def test_unknown_or_missing_evaluator_type_is_named_with_the_dataset():
         BioTrainer.build_evaluator(_cfg(), name)
 
 
+def test_trainers_refuse_a_test_set_they_cannot_evaluate_before_training(tmp_path):
+    from test_detection import instant_cfg
+
+    from bio_detectron.engine.lazy import LazyTrainer, load_lazy_config
+
+    untyped = _register("bio_eval_test_untyped", thing_classes=["a"])
+    built = []
+
+    class Counting(BioTrainer):  # how far construction got
+        @classmethod
+        def build_model(cls, cfg):
+            built.append(cfg.DATASETS.TEST)
+            return super().build_model(cfg)
+
+    for names, error, message in (
+        ((untyped,), ValueError, "'bio_eval_test_untyped' has evaluator_type None"),
+        (("bio_eval_never_registered",), KeyError, "'bio_eval_never_registered' is not registered"),
+    ):
+        cfg = instant_cfg("DATASETS.TEST", names, "OUTPUT_DIR", str(tmp_path))
+        with pytest.raises(error, match=message):
+            Counting(cfg)
+    assert len(built) == 2  # built, then refused before a hook or a step
+
+    class OwnEvaluator(BioTrainer):  # a trainer with its own evaluator is not second-guessed
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            return None
+
+    OwnEvaluator(instant_cfg("DATASETS.TEST", (untyped,), "OUTPUT_DIR", str(tmp_path)))
+
+    config = os.path.join(
+        REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.py"
+    )
+    cfg = load_lazy_config(config, [f"dataloader.test.dataset.names={untyped}"])
+    cfg.dataloader.evaluator = None
+    with pytest.raises(ValueError, match="'bio_eval_test_untyped' has evaluator_type None"):
+        LazyTrainer(cfg)
+
+
 @pytest.mark.parametrize("evaluator_type", sorted(EVALUATOR_PACKAGES))
 def test_missing_package_is_named_with_how_to_install_it(evaluator_type, monkeypatch):
     module, install = EVALUATOR_PACKAGES[evaluator_type]

@@ -31,7 +31,7 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -53,6 +53,7 @@ __all__ = [
     "EVALUATOR_PACKAGES",
     "build_dataset_evaluator",
     "build_evaluator",
+    "check_evaluator",
     "coco_tasks",
     "load_sem_seg_labels",
 ]
@@ -106,6 +107,33 @@ def _check_package(dataset_name: str, evaluator_type: str) -> None:
         )
 
 
+def check_evaluator(dataset_name: str) -> str:
+    """
+    Check, before anything is trained or evaluated, that :func:`build_dataset_evaluator` can
+    evaluate ``dataset_name``: it is registered, its ``evaluator_type`` is one of
+    :data:`EVALUATOR_TYPES`, and the package its evaluator needs is installed.
+
+    Returns:
+        str: the evaluator_type.
+    """
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(
+            f"Test dataset {dataset_name!r} is not registered in detectron2's DatasetCatalog "
+            "(register it, e.g. with register_coco_instances or register_pascal_voc, before "
+            "the trainer is built)"
+        )
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in EVALUATOR_TYPES:
+        raise ValueError(
+            f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; the evaluator "
+            f"types are {list(EVALUATOR_TYPES)}. Set MetadataCatalog.get({dataset_name!r})"
+            ".evaluator_type to one of them, or give the trainer an evaluator of your own "
+            "(override BioTrainer.build_evaluator, or set dataloader.evaluator in a LazyConfig)."
+        )
+    _check_package(dataset_name, evaluator_type)
+    return evaluator_type
+
+
 def build_dataset_evaluator(
     dataset_name: str,
     output_dir: Optional[str] = None,
@@ -137,15 +165,7 @@ def build_dataset_evaluator(
             how to install it).
     """
     ensure_dataset_files(dataset_name)
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type not in EVALUATOR_TYPES:
-        raise ValueError(
-            f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; the evaluator "
-            f"types are {list(EVALUATOR_TYPES)}. Set MetadataCatalog.get({dataset_name!r})"
-            ".evaluator_type to one of them, or give the trainer an evaluator of your own "
-            "(override BioTrainer.build_evaluator, or set dataloader.evaluator in a LazyConfig)."
-        )
-    _check_package(dataset_name, evaluator_type)
+    evaluator_type = check_evaluator(dataset_name)
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
     if evaluator_type == "pascal_voc":

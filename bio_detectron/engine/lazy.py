@@ -47,7 +47,7 @@ from ..data import ensure_dataset_files
 from ..mirror import MIRROR_DEFAULTS
 from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model
-from .evaluation import build_dataset_evaluator
+from .evaluation import build_dataset_evaluator, check_evaluator
 from .hooks import add_bio_hooks, compile_options, nonnegative_int
 
 __all__ = [
@@ -142,6 +142,10 @@ class LazyTrainer(SimpleTrainer):
             cfg: a LazyConfig (see this module's docstring), as :func:`load_lazy_config` gives it.
         """
         alignment_period(cfg)  # a bad value stops the run before anything is built
+        if cfg.dataloader.get("evaluator", None) is None and "test" in cfg.dataloader:
+            names = cfg.dataloader.test.dataset.get("names", ())
+            for name in [names] if isinstance(names, str) else names:
+                check_evaluator(name)  # the default evaluator's: fail now, not after training
         model = build_lazy_model(cfg)
         cfg.optimizer.params.model = model  # as detectron2's template: the optimizer's params
         optimizer = instantiate(cfg.optimizer)

@@ -14,7 +14,7 @@ from ..data import CheckedDatasetMapper, ensure_dataset_files
 from ..solver import build_bio_optimizer
 from .amp import precision_trainer_class
 from .ddp import create_ddp_model, sync_batchnorm_if_distributed
-from .evaluation import build_evaluator
+from .evaluation import build_evaluator, check_evaluator
 from .hooks import add_bio_hooks_from_cfg
 
 __all__ = ["BioTrainer"]
@@ -70,6 +70,9 @@ class BioTrainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        if type(self).build_evaluator.__func__ is BioTrainer.build_evaluator.__func__:
+            for name in cfg.DATASETS.TEST:  # fail now, not after training
+                check_evaluator(name)
         self.register_hooks(self.build_hooks())
 
     def train(self):
