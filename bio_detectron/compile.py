@@ -38,6 +38,7 @@ __all__ = [
     "check_compile",
     "compile_model",
     "compile_targets",
+    "inductor_defaults",
     "uncalled_compiled",
 ]
 
@@ -127,6 +128,24 @@ def check_compile(device, backend: str = "inductor", key: str = "compile") -> No
         )
 
 
+def inductor_defaults(device, backend: str = "inductor", mode: str = "default") -> Optional[dict]:
+    """
+    The Inductor options :func:`compile_model` compiles with, or None for torch.compile's own.
+
+    On the CPU: ``mode``'s options with ``layout_optimization`` off. Inductor's layout
+    optimisation turns convolutions channels-last, copying every weight and feedback tensor to
+    that layout at each step; on the 2-core CPU of docs/benchmarks.md it made the compiled stock
+    ResNet-18 step 1.08x (batch 16 x 128 px) to 1.47x (4 x 64 px) slower than without, and every
+    rule slower still (B is copied too). Elsewhere (CUDA, where channels-last convolutions use
+    tensor cores): None. A caller's ``options`` still override these.
+    """
+    if backend != "inductor" or torch.device(device).type != "cpu":
+        return None
+    from torch._inductor import list_mode_options
+
+    return {**list_mode_options(mode), "layout_optimization": False}
+
+
 def compile_model(
     model: nn.Module,
     modules: Optional[Sequence[str]] = None,
@@ -172,7 +191,10 @@ def compile_model(
     for _, module in targets:
         make_feedback_now(module, pending_only=True)
     kwargs = dict(options, backend=backend)
-    if mode != "default":
+    inductor_options = inductor_defaults(device, backend, mode)
+    if inductor_options is not None:
+        kwargs["options"] = {**inductor_options, **(options.get("options") or {})}
+    elif mode != "default":
         kwargs["mode"] = mode
     for _, module in targets:
         module.forward = torch.compile(module.forward, **kwargs)
@@ -180,8 +202,11 @@ def compile_model(
         # Outside the graph (a hook of the compiled module itself): see uncalled_compiled().
         module.register_forward_pre_hook(_count_call)
     converted = sum(is_converted(m) for _, t in targets for m in t.modules())
+    settings = f"backend {backend}, mode {mode}"
+    if "options" in kwargs:
+        settings += f", Inductor options {kwargs['options']}"
     logger.info(
         f"Compiled {', '.join(p or type(model).__name__ for p, _ in targets)} with torch.compile "
-        f"(backend {backend}, mode {mode}); {converted} converted layers inside"
+        f"({settings}); {converted} converted layers inside"
     )
     return dict(targets)

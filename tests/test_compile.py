@@ -205,6 +205,30 @@ def test_a_compiled_module_the_forward_goes_around_is_an_error_naming_it():
         bd.compile_model(model)
 
 
+def test_inductor_options_on_the_cpu_turn_layout_optimization_off(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    bd.compile_model(_net("sign_symmetry"))
+    bd.compile_model(_net("sign_symmetry"), mode="max-autotune")
+    bd.compile_model(_net("sign_symmetry"), options={"layout_optimization": True, "x": 1})
+    bd.compile_model(_net("sign_symmetry"), backend="aot_eager", mode="max-autotune")
+    assert calls == [
+        {"backend": "inductor", "options": {"layout_optimization": False}},
+        {  # the mode's own options, as torch.compile takes either a mode or options
+            "backend": "inductor",
+            "options": {
+                "max_autotune": True,
+                "triton.cudagraphs": True,
+                "coordinate_descent_tuning": True,
+                "layout_optimization": False,
+            },
+        },  # fmt: skip
+        {"backend": "inductor", "options": {"layout_optimization": True, "x": 1}},
+        {"backend": "aot_eager", "mode": "max-autotune"},
+    ]
+    assert bio_compile.inductor_defaults("cuda") is None  # torch.compile's own on CUDA
+
+
 def _hooked_run(compiled):
     """Two rules' hooks on a SimpleTrainer: alignment every 2 steps, a mirror step every 2."""
     model = _net("weight_mirror")

@@ -392,6 +392,16 @@ def main():
         for rule in args.rules:
             model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
             compiled[f"{rule} (compiled)"] = model
+        if bd.compile.inductor_defaults(device, args.compile_backend) is not None:
+            # The stock model as torch.compile compiles it with its own defaults, for reference:
+            # compile_model's Inductor options differ on it (compile.inductor_defaults).
+            stock = copy.deepcopy(base)
+            kwargs = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
+            stock.forward = torch.compile(stock.forward, backend=args.compile_backend, **kwargs)
+            variants["native (torch.compile defaults)"] = make_step(
+                stock, batch, loss_fn, device, amp_dtype
+            )
+            reference["native (torch.compile defaults)"] = "native (compiled)"
         for name, model in compiled.items():
             bd.compile_model(
                 model, mode=args.compile_mode, backend=args.compile_backend, device=device
