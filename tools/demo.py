@@ -14,7 +14,8 @@ truth (tools/visualize.py), into one figure, ``<output-dir>/detections.png`` unl
 
 ``--budgets N1 N2 ...`` trains every rule at every budget instead: ``SOLVER.MAX_ITER N``, so the
 cosine schedule stretches to the budget, into ``<output-dir>/<rule>/iter<N>``. It writes
-``<output-dir>/budgets.json`` and draws AP against iterations, one line per rule,
+``<output-dir>/budgets.json`` (keeping the points of earlier sweeps into the same folder, so rules
+and budgets can be added one sweep at a time) and draws AP against iterations, one line per rule,
 ``<output-dir>/budgets.png`` (tools/plot_budgets.py draws several datasets side by side). A run
 whose folder already holds its final AP is reused, and says so (``--rerun`` trains it again), so
 an interrupted sweep continues where it stopped.
@@ -141,6 +142,26 @@ def draw(configs, labels, output_dirs, figure, opts):
     return figure
 
 
+def earlier_runs(record, configs_folder, opts):
+    """
+    The runs that an earlier sweep into the same folder recorded, with the same config folder and
+    options; runs with other options are left out of the record, and named.
+    """
+    if not os.path.isfile(record):
+        return []
+    with open(record) as f:
+        data = json.load(f)
+    if data.get("configs") != configs_folder:
+        sys.exit(f"demo: {record} holds runs of {data.get('configs')}, not of {configs_folder}")
+    kept = []
+    for r in data["runs"]:
+        if r.get("opts") != opts:
+            print(f"demo: {r['output']} had the options {r.get('opts')}, not {opts}: left out")
+        elif os.path.isdir(r["output"]):
+            kept.append(r)
+    return kept
+
+
 def sweep(rules, configs, output_dir, budgets, opts, rerun):
     """Every rule at every budget; writes budgets.json and budgets.png into ``output_dir``."""
     from plot_budgets import plot_budgets  # tools/, next to this file
@@ -158,10 +179,18 @@ def sweep(rules, configs, output_dir, budgets, opts, rerun):
                 row[0] = rule
             runs.append({"rule": rule, "iterations": budget, "AP": float(row[1]),
                          "AP50": float(row[2]), "AP75": float(row[3]), "training_time": row[4],
-                         "output": folder})  # fmt: skip
+                         "output": folder, "opts": [str(o) for o in opts]})  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "budgets.json"), "w") as f:
-        json.dump({"configs": os.path.dirname(configs[0]), "runs": runs}, f, indent=1)
+    record = os.path.join(output_dir, "budgets.json")
+    folder = os.path.dirname(configs[0])
+    new_points = {(r["rule"], r["iterations"]) for r in runs}
+    kept = [
+        r
+        for r in earlier_runs(record, folder, [str(o) for o in opts])
+        if (r["rule"], r["iterations"]) not in new_points
+    ]
+    with open(record, "w") as f:
+        json.dump({"configs": folder, "runs": kept + runs}, f, indent=1)
     header = "| rule | " + " | ".join(f"{b} it." for b in budgets) + " |"
     print(f"\nbbox AP\n{header}\n|" + "---|" * (len(budgets) + 1))
     for rule in rules:

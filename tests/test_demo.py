@@ -1,0 +1,101 @@
+"""tools/demo.py --budgets: what a sweep records, reuses and draws (training replaced by a stub)."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "tools")
+
+
+@pytest.fixture
+def demo(monkeypatch):
+    monkeypatch.syspath_prepend(TOOLS)  # demo imports plot_budgets from its own folder
+    spec = importlib.util.spec_from_file_location("demo_under_test", os.path.join(TOOLS, "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trained = []
+
+    def fake_train(rule, config, output_dir, opts):
+        os.makedirs(output_dir, exist_ok=True)
+        budget = int(opts[opts.index("SOLVER.MAX_ITER") + 1])
+        trained.append((rule.split("@")[0], budget, list(opts)))
+        ap = budget / 100 + (10 if "backprop" in rule else 0)
+        return [rule, f"{ap:.1f}", "50.0", "20.0", "0:01:00", "1.0 min", str(budget), output_dir]
+
+    monkeypatch.setattr(module, "train", fake_train)
+    module.trained = trained
+    return module
+
+
+def _config(rule):
+    return os.path.join(REPO, "configs", "Photos-Detection", f"retinanet_R_18_FPN_{rule}.yaml")
+
+
+def _record(folder):
+    with open(os.path.join(folder, "budgets.json")) as f:
+        return json.load(f)
+
+
+def test_sweeps_into_one_folder_add_up(demo, tmp_path):
+    out = str(tmp_path / "photos")
+    rules = ["backprop", "sign_symmetry"]
+    demo.sweep(rules, [_config(r) for r in rules], out, [800, 1600], [], rerun=False)
+    demo.sweep(["kolen_pollack"], [_config("kolen_pollack")], out, [1600], [], rerun=False)
+    points = sorted((r["rule"], r["iterations"], r["AP"]) for r in _record(out)["runs"])
+    assert points == [
+        ("backprop", 800, 18.0),
+        ("backprop", 1600, 26.0),
+        ("kolen_pollack", 1600, 16.0),
+        ("sign_symmetry", 800, 8.0),
+        ("sign_symmetry", 1600, 16.0),
+    ]
+    assert [(r, b) for r, b, _ in demo.trained] == [
+        ("backprop", 800),
+        ("backprop", 1600),
+        ("sign_symmetry", 800),
+        ("sign_symmetry", 1600),
+        ("kolen_pollack", 1600),
+    ]
+    assert os.path.getsize(os.path.join(out, "budgets.png")) > 0
+
+
+def test_a_point_trained_again_replaces_the_old_one(demo, tmp_path):
+    out = str(tmp_path / "photos")
+    demo.sweep(["backprop"], [_config("backprop")], out, [800], [], rerun=False)
+    demo.sweep(["backprop"], [_config("backprop")], out, [800], [], rerun=True)
+    runs = _record(out)["runs"]
+    assert [(r["rule"], r["iterations"]) for r in runs] == [("backprop", 800)]
+    assert len(demo.trained) == 2
+
+
+def test_points_with_other_options_are_not_mixed_in(demo, tmp_path, capsys):
+    out = str(tmp_path / "photos")
+    demo.sweep(["backprop"], [_config("backprop")], out, [800], ["SEED", "1"], rerun=False)
+    demo.sweep(["sign_symmetry"], [_config("sign_symmetry")], out, [800], [], rerun=False)
+    runs = _record(out)["runs"]
+    assert [(r["rule"], r["opts"]) for r in runs] == [("sign_symmetry", [])]
+    assert "['SEED', '1']" in capsys.readouterr().out
+
+
+def test_another_config_folder_is_refused(demo, tmp_path):
+    out = str(tmp_path / "runs")
+    demo.sweep(["backprop"], [_config("backprop")], out, [800], [], rerun=False)
+    shapes = os.path.join(REPO, "configs", "Shapes-Detection", "retinanet_R_18_FPN_backprop.yaml")
+    with pytest.raises(SystemExit, match="Photos-Detection"):
+        demo.sweep(["backprop"], [shapes], out, [800], [], rerun=False)
+
+
+def test_budgets_reject_a_max_iter_option():
+    import subprocess
+
+    command = [sys.executable, os.path.join(TOOLS, "demo.py"), "--budgets", "800"]
+    result = subprocess.run(
+        command + ["SOLVER.MAX_ITER", "5"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "SOLVER.MAX_ITER" in result.stderr
