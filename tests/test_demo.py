@@ -99,3 +99,29 @@ def test_budgets_reject_a_max_iter_option():
         text=True,
     )
     assert result.returncode != 0 and "SOLVER.MAX_ITER" in result.stderr
+
+
+def test_a_run_of_an_edited_config_is_not_reused(demo, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "Base.yaml").write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    leaf = configs / "retinanet_R_18_FPN_backprop.yaml"
+    leaf.write_text('_BASE_: "Base.yaml"\n')
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    command = demo.run_command(str(leaf), ["SOLVER.MAX_ITER", "800"])
+    for name, text in [
+        (
+            "metrics.json",
+            json.dumps({"iteration": 799, "bbox/AP": 1, "bbox/AP50": 2, "bbox/AP75": 3}),
+        ),
+        ("model_final.pth", ""),
+        (demo.COMMAND_FILE, json.dumps(command)),
+    ]:
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    assert demo.finished_row("backprop", folder, command) is not None
+    (configs / "Base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")  # an inherited file changes
+    assert (
+        demo.finished_row("backprop", folder, demo.run_command(str(leaf), command["opts"])) is None
+    )

@@ -251,7 +251,19 @@ TWINS = [
     ("COCO-Detection/retinanet_R_18_FPN_sign_symmetry_1x", True),
     ("COCO-Detection/retinanet_R_50_FPN_feedback_alignment_1x", False),
     (QUICK, True),
+    ("Shapes-Detection/retinanet_R_18_FPN_sign_symmetry", False),
 ]
+
+
+@pytest.mark.slow
+def test_sign_symmetry_recipe_keeps_the_predictors_on_backprop():
+    """The Shapes (so Textures and Photos) sign_symmetry recipe: only the predictors on backprop."""
+    for name in ("Shapes-Detection", "Textures-Detection", "Photos-Detection"):
+        ymodel = build_model(yacs(f"{name}/retinanet_R_18_FPN_sign_symmetry"))
+        rules = bd.rules_of(ymodel)
+        on_backprop = sorted(n for n, r in rules.items() if r == "backprop")
+        assert on_backprop == ["head.bbox_pred", "head.cls_score"], (name, on_backprop)
+        assert len(rules) > 30 and set(rules.values()) == {"sign_symmetry", "backprop"}
 
 
 @pytest.mark.slow

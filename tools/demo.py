@@ -30,6 +30,7 @@ an interrupted sweep continues where it stopped.
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import re
@@ -41,7 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
 CONFIG = "retinanet_R_18_FPN_{}.yaml"
 # Written into a run's folder once it finished: what trained it, so that --budgets reuses only runs
-# of the same config file and options.
+# of the same config file, config content and options.
 COMMAND_FILE = "demo_command.json"
 HEADER = "| rule | bbox AP | AP50 | AP75 | training time | total time | iterations | output |"
 
@@ -56,8 +57,28 @@ MALLOC_ENV = {
 }
 
 
+def config_digest(config):
+    """sha256 of a yacs config file and the files it inherits (``_BASE_``), in that order."""
+    import yaml
+
+    digest, path = hashlib.sha256(), os.path.abspath(config)
+    while path:
+        with open(path, "rb") as f:
+            text = f.read()
+        digest.update(text)
+        base = (yaml.safe_load(text) or {}).get("_BASE_")
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
+    return digest.hexdigest()
+
+
 def run_command(config, opts):
-    return {"config": os.path.abspath(config), "opts": [str(o) for o in opts]}
+    """What trained a run: the config file, its content (so an edited config is not reused) and
+    the options."""
+    return {
+        "config": os.path.abspath(config),
+        "config_sha256": config_digest(config),
+        "opts": [str(o) for o in opts],
+    }
 
 
 def finished_row(rule, output_dir, command):
