@@ -24,6 +24,12 @@ def demo(monkeypatch):
         budget = int(opts[opts.index("SOLVER.MAX_ITER") + 1])
         trained.append((rule.split("@")[0], budget, list(opts)))
         ap = budget / 100 + (10 if "backprop" in rule else 0)
+        # what a finished run leaves, as train() writes it
+        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+            json.dump({"iteration": budget - 1, "bbox/AP": ap, "bbox/AP50": 50, "bbox/AP75": 20}, f)
+        open(os.path.join(output_dir, "model_final.pth"), "w").close()
+        with open(os.path.join(output_dir, module.COMMAND_FILE), "w") as f:
+            json.dump(module.run_command(config, opts), f)
         return [rule, f"{ap:.1f}", "50.0", "20.0", "0:01:00", "1.0 min", str(budget), output_dir]
 
     monkeypatch.setattr(module, "train", fake_train)
@@ -125,3 +131,16 @@ def test_a_run_of_an_edited_config_is_not_reused(demo, tmp_path):
     assert (
         demo.finished_row("backprop", folder, demo.run_command(str(leaf), command["opts"])) is None
     )
+
+
+def test_a_recorded_run_of_an_edited_config_leaves_the_record(demo, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for rule in ("backprop", "sign_symmetry"):
+        (configs / f"retinanet_R_18_FPN_{rule}.yaml").write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    out = str(tmp_path / "runs")
+    config = lambda rule: str(configs / f"retinanet_R_18_FPN_{rule}.yaml")  # noqa: E731
+    demo.sweep(["backprop"], [config("backprop")], out, [800], [], rerun=False)
+    (configs / "retinanet_R_18_FPN_backprop.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")
+    demo.sweep(["sign_symmetry"], [config("sign_symmetry")], out, [800], [], rerun=False)
+    assert [r["rule"] for r in _record(out)["runs"]] == ["sign_symmetry"]

@@ -165,8 +165,9 @@ def draw(configs, labels, output_dirs, figure, opts):
 
 def earlier_runs(record, configs_folder, opts):
     """
-    The runs that an earlier sweep into the same folder recorded, with the same config folder and
-    options; runs with other options are left out of the record, and named.
+    The runs that an earlier sweep into the same folder recorded and that :func:`finished_row`
+    would still reuse with these options (same options, unchanged config files, run complete);
+    the others are left out of the record, and named.
     """
     if not os.path.isfile(record):
         return []
@@ -176,10 +177,15 @@ def earlier_runs(record, configs_folder, opts):
         sys.exit(f"demo: {record} holds runs of {data.get('configs')}, not of {configs_folder}")
     kept = []
     for r in data["runs"]:
-        if r.get("opts") != opts:
-            print(f"demo: {r['output']} had the options {r.get('opts')}, not {opts}: left out")
-        elif os.path.isdir(r["output"]):
+        config = os.path.join(configs_folder, CONFIG.format(r["rule"]))
+        command = run_command(config, [*opts, "SOLVER.MAX_ITER", str(r["iterations"])])
+        if os.path.isfile(config) and finished_row(r["rule"], r["output"], command) is not None:
             kept.append(r)
+        else:
+            print(
+                f"demo: {r['output']} (options {r.get('opts')}) is not a finished run of "
+                f"{config} with the options {opts}: left out"
+            )
     return kept
 
 
@@ -187,7 +193,7 @@ def sweep(rules, configs, output_dir, budgets, opts, rerun):
     """Every rule at every budget; writes budgets.json and budgets.png into ``output_dir``."""
     from plot_budgets import plot_budgets  # tools/, next to this file
 
-    runs = []
+    opts, runs = [str(o) for o in opts], []
     for rule, config in zip(rules, configs):
         for budget in budgets:
             folder = os.path.abspath(os.path.join(output_dir, rule, f"iter{budget}"))
@@ -200,14 +206,14 @@ def sweep(rules, configs, output_dir, budgets, opts, rerun):
                 row[0] = rule
             runs.append({"rule": rule, "iterations": budget, "AP": float(row[1]),
                          "AP50": float(row[2]), "AP75": float(row[3]), "training_time": row[4],
-                         "output": folder, "opts": [str(o) for o in opts]})  # fmt: skip
+                         "output": folder, "opts": opts})  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
     record = os.path.join(output_dir, "budgets.json")
     folder = os.path.dirname(configs[0])
     new_points = {(r["rule"], r["iterations"]) for r in runs}
     kept = [
         r
-        for r in earlier_runs(record, folder, [str(o) for o in opts])
+        for r in earlier_runs(record, folder, opts)
         if (r["rule"], r["iterations"]) not in new_points
     ]
     with open(record, "w") as f:
