@@ -106,7 +106,9 @@ def test_compiled_rows_and_their_phases(tmp_path):
     assert record["compile_backend"] == "aot_eager" and set(record["compiled_phases"]) == compiled
     for name in compiled:
         phases = record["compiled_phases"][name]
-        assert 0 < phases["optimizer_s"] < phases["forward+backward_s"], name
+        # Both phases are measured and reported; how they compare depends on the CPU and its load
+        # (on a Xeon with AMX the optimizer phase once took longer), so no relation is asserted.
+        assert phases["optimizer_s"] > 0 and phases["forward+backward_s"] > 0, name
         assert f"| {name} " in result.stdout.split("by phase")[1]
 
 
