@@ -1,7 +1,7 @@
 """
 bio_detectron: Detectron2 models trained with biologically-plausible learning rules.
 
-``rules``, ``layers`` and ``convert`` need nothing but PyTorch: ``import bio_detectron`` and
+:mod:`bio_detectron.core` needs nothing but PyTorch: ``import bio_detectron`` and
 ``bio_detectron.convert_model`` work without detectron2. When detectron2 is installed, importing
 the package also registers its backbones, RetinaNet head and meta-architectures with detectron2,
 and the embedded datasets with its catalogs. An installed detectron2 that fails to import is an
@@ -10,16 +10,23 @@ error here too, never skipped.
 
 import importlib.util
 
-from .compile import compile_model
-from .convert import (
+from .core import (
+    RULE_REGISTRY,
+    BatchManhattanSGD,
+    FeedbackConv2d,
+    FeedbackLayer,
+    FeedbackLinear,
+    LearningRule,
+    available_rules,
+    build_rule,
+    compile_model,
     convert_model,
     find_unsupported,
+    is_converted,
     make_feedback_now,
     revert_model,
     rules_of,
 )
-from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, is_converted
-from .rules import RULE_REGISTRY, LearningRule, available_rules, build_rule
 
 from . import model_zoo  # isort: skip  (finds the configs; detectron2 only to load them)
 
@@ -27,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RULE_REGISTRY",
+    "BatchManhattanSGD",
     "FeedbackConv2d",
     "FeedbackLayer",
     "FeedbackLinear",

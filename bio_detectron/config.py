@@ -7,7 +7,7 @@ import numbers
 import torch
 from detectron2.config import CfgNode as CN
 
-from .mirror import MIRROR_DEFAULTS
+from .core.mirror import MIRROR_DEFAULTS
 
 __all__ = [
     "add_bio_config",
@@ -158,7 +158,7 @@ def add_bio_config(cfg):
     # trainers: B <- (1 - DECAY) * B + LR * corr(x, y), with noise x ~ N(0, NOISE_STD^2) shaped
     # like the layer's input and y = W x; B follows (LR * NOISE_STD^2 / DECAY) * W, up to noise of
     # about sqrt(DECAY / (2 - DECAY) / SAMPLES_PER_INPUT) x |W|. The defaults are
-    # bio_detectron.mirror.MIRROR_DEFAULTS, those of WeightMirrorHook.
+    # bio_detectron.core.mirror.MIRROR_DEFAULTS, those of WeightMirrorHook.
     _C.MODEL.BIO.MIRROR = CN()
     # A mirror step of every weight_mirror layer after every PERIOD-th iteration's optimizer step
     # (0: none). With the defaults a step costs 0.5-1 training step, so 20 adds 2-5 %.

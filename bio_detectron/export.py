@@ -22,7 +22,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_mod
 from torch import nn
 
 from .config import add_bio_config
-from .convert import revert_model, rules_of
+from .core.convert import revert_model, rules_of
 
 __all__ = [
     "STOCK_META_ARCHITECTURES",

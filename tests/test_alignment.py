@@ -18,8 +18,8 @@ from detectron2.utils.events import JSONWriter
 from torch import nn
 
 import bio_detectron as bd
-from bio_detectron import alignment as al
-from bio_detectron import probe
+from bio_detectron.core import alignment as al
+from bio_detectron.core import probe
 from bio_detectron.engine.alignment_hook import AlignmentHook, build_alignment_hook
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]

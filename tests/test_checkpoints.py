@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import bio_detectron as bd
-from bio_detectron.rules import layer_seed
+from bio_detectron.core.rules import layer_seed
 
 
 def _model(rule="feedback_alignment_signed_init", seed=0, **options):

@@ -13,7 +13,7 @@ from detectron2.config import get_cfg
 from PIL import Image
 
 from bio_detectron.config import add_bio_config, add_classification_config
-from bio_detectron.convert import rules_of
+from bio_detectron.core.convert import rules_of
 from bio_detectron.data import ensure_shapes_classification
 from bio_detectron.data.imagenet import (
     ClassificationTrainLoader,

@@ -17,7 +17,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import bio_detectron as bd
-from bio_detectron import compile as bio_compile
+from bio_detectron.core import compile as bio_compile
 from bio_detectron.engine import AlignmentHook, WeightMirrorHook
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -170,7 +170,7 @@ def test_rules_of_is_truthful_about_attention():
         "fc": "feedback_alignment",
     }
     # A layer converted by hand inside an attention module still is not trained by its rule.
-    from bio_detectron.convert import convert_layer
+    from bio_detectron.core.layers import convert_layer
 
     convert_layer(model.attn.out_proj, "feedback_alignment")
     assert bd.rules_of(model)["attn.out_proj"] == "none"

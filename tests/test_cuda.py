@@ -23,8 +23,8 @@ from detectron2.engine.train_loop import HookBase
 from torch import nn
 
 import bio_detectron as bd
-from bio_detectron import probe as al
 from bio_detectron.config import add_bio_config, add_classification_config
+from bio_detectron.core import probe as al
 from bio_detectron.data import ensure_shapes_classification
 from bio_detectron.engine.classification import (
     AMPClassificationTrainer,

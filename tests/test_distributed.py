@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import bio_detectron as bd
-from bio_detectron.rules import RULE_REGISTRY, layer_seed
+from bio_detectron.core.rules import RULE_REGISTRY, layer_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))

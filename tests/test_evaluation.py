@@ -1,6 +1,6 @@
 """
-Evaluators chosen by evaluator_type (bio_detectron.engine.evaluation), the VOC evaluator's
-per-class AP50, and the miniatures of Detectron2's builtin datasets (bio_detectron.data.miniatures)
+Evaluators chosen by evaluator_type (bio_detectron.evaluation), the VOC evaluator's
+per-class AP50, and the miniatures of Detectron2's builtin datasets (miniatures)
 scored by Detectron2's real evaluators: predictions equal to their ground truth score 100.
 """
 
@@ -32,13 +32,13 @@ from detectron2.evaluation import (
     inference_on_dataset,
 )
 from detectron2.structures import Boxes, BoxMode, Instances
+from miniatures.layouts import VOC_CLASSES, render_image, shape_name
 
 from bio_detectron.config import add_bio_config
 from bio_detectron.data import CheckedDatasetMapper
-from bio_detectron.data.layouts import VOC_CLASSES, render_image, shape_name
-from bio_detectron.engine import BioTrainer, PascalVOCEvaluator, build_dataset_evaluator
-from bio_detectron.engine.evaluation import EVALUATOR_PACKAGES
+from bio_detectron.engine import BioTrainer
 from bio_detectron.engine.lazy import default_lazy_evaluator
+from bio_detectron.evaluation import EVALUATOR_PACKAGES, PascalVOCEvaluator, build_dataset_evaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_PANOPTICAPI = importlib.util.find_spec("panopticapi") is not None
@@ -416,7 +416,7 @@ def test_make_miniatures_tool_writes_once_and_leaves_existing_folders(tmp_path, 
 
 
 def test_bad_miniature_arguments_are_named(tmp_path):
-    from bio_detectron.data import write_miniatures
+    from miniatures import write_miniatures
 
     with pytest.raises(ValueError, match=r"unknown layout\(s\) \['voc2009'\]; the layouts are"):
         write_miniatures(str(tmp_path), layouts=["voc2009"])
@@ -430,8 +430,7 @@ def test_bad_miniature_arguments_are_named(tmp_path):
 def test_person_keypoints_mirror_left_and_right_as_detectron2s_flip_map():
     from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP as FLIP
     from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES as NAMES
-
-    from bio_detectron.data.coco_layout import _keypoints
+    from miniatures.coco_layout import _keypoints
 
     # A square turned by 10 degrees about (40, 50); its mirror image about x = 40.
     angle = np.radians(10 + 45 + 90 * np.arange(4))
@@ -456,7 +455,7 @@ def test_person_keypoints_mirror_left_and_right_as_detectron2s_flip_map():
 
 
 def test_same_arguments_write_the_same_files(tmp_path):
-    from bio_detectron.data import write_miniatures
+    from miniatures import write_miniatures
 
     for out in ("a", "b"):
         write_miniatures(str(tmp_path / out), ["voc2012", "coco"], num_train=2, num_val=1, seed=3)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 import bio_detectron as bd
-from bio_detectron.rules import feedback_scale
+from bio_detectron.core.rules import feedback_scale
 
 RULES = bd.available_rules()
 CONV_VARIANTS = [
@@ -315,7 +315,7 @@ def test_no_gradient_needed_runs_the_stock_forward(context, monkeypatch):
     ref, net = _stock_and_converted()
     x = torch.randn(2, 3, 12, 12)
     applied = []
-    from bio_detectron import layers
+    from bio_detectron.core import layers
 
     for fn in (layers._FeedbackConvFunction, layers._FeedbackLinearFunction):
         monkeypatch.setattr(fn, "apply", lambda *a, _f=fn.apply: applied.append(1) or _f(*a))

@@ -13,15 +13,21 @@ from torch import nn
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config
-from bio_detectron.engine import alignment as al
+from bio_detectron.core import alignment as al
+from bio_detectron.core.mirror import (
+    mirror_correlation,
+    mirror_layers,
+    mirror_step,
+    noise_batch_for,
+)
+from bio_detectron.core.probe import converted_layers
+from bio_detectron.core.rules import layer_seed
 from bio_detectron.engine.mirror_hook import (
     DEFAULTS,
     WeightMirrorHook,
     build_weight_mirror_hook,
     weight_mirror_hook,
 )
-from bio_detectron.mirror import mirror_correlation, mirror_layers, mirror_step, noise_batch_for
-from bio_detectron.rules import layer_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +73,7 @@ def _double(batch):
 
 
 def _differences(model):
-    return {n: (m.weight - m.feedback).detach().clone() for n, m in al.converted_layers(model)}
+    return {n: (m.weight - m.feedback).detach().clone() for n, m in converted_layers(model)}
 
 
 # --- Kolen-Pollack -----------------------------------------------------------------------------
@@ -75,10 +81,10 @@ def _differences(model):
 
 def test_kolen_pollack_feedback_gets_exactly_the_weight_gradient():
     model = _net("kolen_pollack")
-    for _, m in al.converted_layers(model):
+    for _, m in converted_layers(model):
         assert isinstance(m.feedback, nn.Parameter)
     model(_double(_batches(1)[0])).backward()
-    for name, m in al.converted_layers(model):
+    for name, m in converted_layers(model):
         assert torch.equal(m.feedback.grad, m.weight.grad), name
         assert m.feedback.grad.data_ptr() != m.weight.grad.data_ptr(), name  # not aliased
     # B, not W, carried the input gradients: the same loss under backprop differs below fc2.
@@ -289,7 +295,7 @@ def test_mirror_hook_steps_when_due_and_only_then(monkeypatch):
 
 def test_weight_angle_falls_towards_zero_during_training():
     def angles(model):
-        return [al.weight_angle(m) for _, m in al.converted_layers(model)]
+        return [al.weight_angle(m) for _, m in converted_layers(model)]
 
     # weight_mirror: a mirror step after each iteration, none at the start.
     model = _net("weight_mirror")

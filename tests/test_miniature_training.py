@@ -20,7 +20,7 @@ from detectron2.config import get_cfg
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config
 from bio_detectron.engine import BioTrainer
-from bio_detectron.engine.evaluation import EVALUATOR_PACKAGES
+from bio_detectron.evaluation import EVALUATOR_PACKAGES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_SS = os.path.join(REPO, "configs/VOC-Detection/retinanet_R_18_FPN_sign_symmetry.yaml")

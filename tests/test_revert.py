@@ -9,23 +9,24 @@ import torchvision
 from torch import nn
 
 import bio_detectron as bd
-from bio_detectron.layers import FeedbackLayer
-from bio_detectron.rules import LearningRule
+from bio_detectron.core.layers import FeedbackLayer
+from bio_detectron.core.rules import LearningRule
 
 
 class TrainedFeedback(LearningRule):
-    """A rule whose state is an nn.Parameter (state_kind "parameter"), not registered."""
+    """A rule whose feedback tensor is an nn.Parameter (feedback_kind "parameter"), not
+    registered."""
 
     name = "trained_feedback"
-    state_kind = "parameter"
+    feedback_kind = "parameter"
 
     def init_feedback(self, weight, generator):
         return torch.randn(weight.shape, generator=generator) * weight.std()
 
-    def feedback(self, weight, state):
-        return state
+    def feedback_weight(self, weight, feedback):
+        return feedback
 
-    def state_grad(self, grad_weight):
+    def feedback_grad(self, grad_weight):
         return grad_weight
 
 
@@ -103,7 +104,7 @@ def _assert_stock(model, stock):
     assert list(model.state_dict()) == list(stock.state_dict())
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in stock.named_parameters()]
     metadata = model.state_dict()._metadata
-    assert not any(bd.layers.METADATA_KEY in v for v in metadata.values())
+    assert not any(bd.core.layers.METADATA_KEY in v for v in metadata.values())
     assert set(bd.rules_of(model).values()) == {"none"}
 
 
@@ -119,7 +120,7 @@ def test_reverted_model_is_the_stock_model(model_name, rule):
     assert set(bd.rules_of(model).values()) == {RULE_IDS[RULES.index(rule)]}
     x = torch.randn(shape)
     _train_step(model, x)  # the rule's state is made, and used
-    if getattr(rule, "state_kind", None) == "parameter" or rule in ("feedback_alignment",):
+    if getattr(rule, "feedback_kind", None) == "parameter" or rule in ("feedback_alignment",):
         assert any("feedback" in k for k in model.state_dict())
 
     assert bd.revert_model(model) is model

@@ -10,10 +10,10 @@ from detectron2.modeling import build_model
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
+from bio_detectron.core.optim import BatchManhattanSGD
 from bio_detectron.data import ensure_shapes_classification
 from bio_detectron.engine import BioTrainer, ClassificationTrainer, WeightMirrorHook
 from bio_detectron.modeling.classification import build_classifier
-from bio_detectron.solver import BatchManhattanSGD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

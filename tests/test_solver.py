@@ -7,7 +7,8 @@ from torch import nn
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config
-from bio_detectron.solver import BatchManhattanSGD, build_bio_optimizer, check_trained_feedback
+from bio_detectron.core.optim import BatchManhattanSGD
+from bio_detectron.solver import build_bio_optimizer, check_trained_feedback
 
 LR, LAST_LR, WD, MU = 0.1, 0.5, 0.01, 0.9
 

@@ -12,8 +12,9 @@ from torch import nn
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
-from bio_detectron.engine import BioTrainer, build_dataset_evaluator
-from bio_detectron.solver import BatchManhattanSGD
+from bio_detectron.core.optim import BatchManhattanSGD
+from bio_detectron.engine import BioTrainer
+from bio_detectron.evaluation import build_dataset_evaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

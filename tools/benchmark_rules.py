@@ -56,8 +56,8 @@ import torch
 import torchvision
 
 import bio_detectron as bd
-from bio_detectron.mirror import MIRROR_DEFAULTS as MIRROR
-from bio_detectron.mirror import InputShapes, mirror_layers, mirror_step
+from bio_detectron.core.mirror import MIRROR_DEFAULTS as MIRROR
+from bio_detectron.core.mirror import InputShapes, mirror_layers, mirror_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = {
@@ -323,7 +323,7 @@ def main():
         help="also every variant compiled (bio_detectron.compile_model), against compiled native",
     )  # fmt: skip
     parser.add_argument(
-        "--compile-mode", default="default", choices=bd.compile.COMPILE_MODES,
+        "--compile-mode", default="default", choices=bd.core.compile.COMPILE_MODES,
         help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on CUDA)",
     )  # fmt: skip
     parser.add_argument(
@@ -392,7 +392,7 @@ def main():
         for rule in args.rules:
             model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
             compiled[f"{rule} (compiled)"] = model
-        if bd.compile.inductor_defaults(device, args.compile_backend) is not None:
+        if bd.core.compile.inductor_defaults(device, args.compile_backend) is not None:
             # The stock model as torch.compile compiles it with its own defaults, for reference:
             # compile_model's Inductor options differ on it (compile.inductor_defaults).
             stock = copy.deepcopy(base)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Write miniatures of the datasets Detectron2 registers by name, in their on-disk layouts, drawn by
-the embedded shapes generator (bio_detectron/data/miniatures.py): Pascal VOC 2007 and 2012, COCO
+the embedded shapes generator (tools/miniatures/): Pascal VOC 2007 and 2012, COCO
 2017 (instances, person keypoints, panoptic with its semantic PNGs) and ADE20K. Point
 DETECTRON2_DATASETS at the root and Detectron2's builtin names (voc_2007_test,
 coco_2017_val_panoptic_separated, ade20k_sem_seg_val, ...) load them:
@@ -20,7 +20,7 @@ A folder that exists under the root (a real VOC2007/, coco/, ...) is left as it 
 import argparse
 import os
 
-from bio_detectron.data.miniatures import LAYOUTS, write_miniatures
+from miniatures import LAYOUTS, write_miniatures
 
 # What each layout makes loadable, for the summary.
 NAMES = {

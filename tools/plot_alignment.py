@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from bio_detectron.alignment import SUMMARIES, parse_scalar_name  # noqa: E402
+from bio_detectron.core.alignment import SUMMARIES, parse_scalar_name  # noqa: E402
 
 LAYER_PLOTS = (
     ("grad_angle", "gradient angle to backprop (deg)"),

@@ -6,9 +6,8 @@ Importing this package registers the embedded detection datasets with detectron2
 and small 96 px copies "<kind>_train_mini" / "<kind>_val_mini" of each (generated on first load,
 into ``$BIO_DETECTRON_DATASETS`` or ``~/.cache/bio_detectron``; set the variable before importing).
 
-:func:`write_miniatures` writes miniatures of the datasets Detectron2 itself registers (Pascal VOC,
-COCO instances, keypoints and panoptic, ADE20K) in their on-disk layouts, for
-``$DETECTRON2_DATASETS`` (:mod:`.miniatures`).
+Miniatures of the datasets Detectron2 itself registers (Pascal VOC, COCO, ADE20K), in their
+on-disk layouts, are a tool of the repository (``tools/make_miniatures.py``), not of the library.
 """
 
 from .cache import datasets_root
@@ -42,7 +41,6 @@ from .imagenet import (
     build_classification_train_loader,
     classification_root,
 )
-from .miniatures import register_miniatures, write_miniatures
 from .photos import PHOTO_CLASSES
 from .shapes import CLASSIFICATION_CLASSES, DETECTION_CLASSES
 from .textures import TEXTURE_CLASSES
@@ -74,14 +72,12 @@ __all__ = [
     "load_coco_dataset",
     "photos_classification_dir",
     "photos_dataset_paths",
-    "register_miniatures",
     "register_generated_dataset",
     "register_shapes_dataset",
     "register_textures_dataset",
     "shapes_classification_dir",
     "shapes_dataset_paths",
     "textures_dataset_paths",
-    "write_miniatures",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The training hook that logs the alignment metrics (:mod:`bio_detectron.alignment`)."""
+"""The training hook that logs the alignment metrics (:mod:`bio_detectron.core.alignment`)."""
 
 import logging
 from typing import Callable, Optional
@@ -8,8 +8,8 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from torch import nn
 
-from ..alignment import alignment_metrics, alignment_scalars
-from ..probe import ForwardState, converted_layers
+from ..core.alignment import alignment_metrics, alignment_scalars
+from ..core.probe import ForwardState, converted_layers
 from .ddp import unwrap_model
 from .hooks import nonnegative_int
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 class AlignmentHook(HookBase):
     """
-    Logs the alignment metrics of every converted layer (:mod:`bio_detectron.alignment`) as
+    Logs the alignment metrics of every converted layer (:mod:`bio_detectron.core.alignment`) as
     ``alignment/<layer>/<metric>`` scalars, and the summaries as ``alignment/mean/<metric>`` and
     ``alignment/all/{grad_angle,weight_angle}``, at iterations where ``(iter + 1) % period == 0``:
     the ones detectron2's writers write at when ``period`` is a multiple of their period (20 in
@@ -31,7 +31,7 @@ class AlignmentHook(HookBase):
     training forward hands it the batch (and the random state before it), and it removes itself.
     After the backward pass and before the optimizer step (in ``after_backward``, or, for a trainer
     that does not pass ``after_backward`` on to its hooks, such as detectron2's DefaultTrainer, in a
-    step pre-hook of the trainer's ``optimizer``), :func:`bio_detectron.probe.probe_gradients`
+    step pre-hook of the trainer's ``optimizer``), :func:`bio_detectron.core.probe.probe_gradients`
     compares the rule's gradients with backprop's on that batch with the same weights and the same
     dropout masks. The training trajectory is exactly the same as without the hook. Other
     iterations cost nothing. The probe runs in full precision, also under AMP.
@@ -59,8 +59,8 @@ class AlignmentHook(HookBase):
             model (nn.Module): the model trained, wrapped in DistributedDataParallel or not;
                 default: the trainer's ``model`` at the start of training.
             loss_fn (callable): output of the model -> scalar loss; default
-                :func:`bio_detectron.probe.total_loss` (the sum of a loss dict), as detectron2's
-                trainers compute it.
+                :func:`bio_detectron.core.probe.total_loss` (the sum of a loss dict), as
+                detectron2's trainers compute it.
             writer_period (int): the period of the trainer's writers, when known: a ``period``
                 that is not a multiple of it gets a warning (values of other iterations never
                 reach metrics.json or TensorBoard).

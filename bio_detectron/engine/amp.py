@@ -9,8 +9,8 @@ Mixed precision, one rule for the three trainers (``SOLVER.AMP.ENABLED``, ``trai
   with a warning naming the key.
 
 Weights, gradients and the optimizer stay float32; converted layers cast under autocast as
-native ones do (see ``bio_detectron.layers``), and the alignment probe and the weight mirror run
-outside the autocast region, in float32.
+native ones do (see ``bio_detectron.core.layers``), and the alignment probe and the weight
+mirror run outside the autocast region, in float32.
 """
 
 import logging

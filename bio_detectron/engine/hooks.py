@@ -108,7 +108,7 @@ class CompileHook(HookBase):
         return unwrap_model(self._model if self._model is not None else self.trainer.model)
 
     def before_train(self):
-        from ..compile import compile_model
+        from ..core.compile import compile_model
 
         compile_model(self._unwrapped(), mode=self.mode, backend=self.backend, key=self.key)
         self._checked = False
@@ -116,7 +116,7 @@ class CompileHook(HookBase):
     def after_step(self):
         if self._checked:
             return
-        from ..compile import uncalled_compiled
+        from ..core.compile import uncalled_compiled
 
         self._checked = True
         model = self._unwrapped()
@@ -152,7 +152,7 @@ def compile_options(value, key: str) -> Optional[dict]:
         raise ValueError(f"{key} has unknown option(s) {unknown}; allowed: enabled, mode, backend")
     if not value.get("enabled", True):
         return None
-    from ..compile import COMPILE_MODES
+    from ..core.compile import COMPILE_MODES
 
     mode = value.get("mode", "default")
     if mode not in COMPILE_MODES:

@@ -43,11 +43,11 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..config import device_or_cpu
+from ..core.mirror import MIRROR_DEFAULTS
 from ..data import ensure_dataset_files
-from ..mirror import MIRROR_DEFAULTS
+from ..evaluation import build_dataset_evaluator, check_evaluator
 from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model
-from .evaluation import build_dataset_evaluator, check_evaluator
 from .hooks import add_bio_hooks, compile_options, nonnegative_int
 
 __all__ = [

@@ -10,7 +10,7 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from torch import nn
 
-from ..mirror import MIRROR_DEFAULTS, InputShapes, mirror_layers, mirror_step
+from ..core.mirror import MIRROR_DEFAULTS, InputShapes, mirror_layers, mirror_step
 from .ddp import unwrap_model
 from .hooks import nonnegative_int
 
@@ -69,13 +69,13 @@ def check_mirror_options(
 
 class WeightMirrorHook(HookBase):
     """
-    Runs a mirror step (:func:`bio_detectron.mirror.mirror_step`) for every layer of the model
+    Runs a mirror step (:func:`bio_detectron.core.mirror.mirror_step`) for every layer of the model
     whose rule is ``weight_mirror``, after the optimizer step of every ``period``-th iteration
     (``(iter + 1) % period == 0``), so that the next backward pass uses the new B; and
     ``initial_steps`` mirror steps after the optimizer step of iteration 0 (not when resuming
     later), so that B is aligned with W early on, as Akrout et al.'s released code mirrors before
     training. The noise has the shape of the layer's input in that iteration's training forward,
-    recorded by forward pre-hooks (:class:`~bio_detectron.mirror.InputShapes`, in place for the
+    recorded by forward pre-hooks (:class:`~bio_detectron.core.mirror.InputShapes`, in place for the
     whole run, so that a compiled model is traced with them once).
 
     The training trajectory of everything but the B of these layers is the one without the hook:
@@ -113,7 +113,7 @@ class WeightMirrorHook(HookBase):
             decay (float): the mirror's decay lambda_B, in [0, 1]; B follows
                 ``lr * std**2 / decay`` times W.
             noise_batch (int): noise samples per layer and step; 0: per layer, enough for
-                ``samples_per_input`` (see :func:`bio_detectron.mirror.noise_batch_for`).
+                ``samples_per_input`` (see :func:`bio_detectron.core.mirror.noise_batch_for`).
             samples_per_input (float): with ``noise_batch`` 0, the noise products per weight and
                 step, in units of the layer's fan-in; one step's estimate of W is off by about
                 ``1 / sqrt(samples_per_input)`` x |W|.
@@ -239,7 +239,7 @@ def build_mirror_hook(
 
     Args:
         model: the model trained (DDP-wrapped or not).
-        options: some of :data:`~bio_detectron.mirror.MIRROR_DEFAULTS`' keys; the others take
+        options: some of :data:`~bio_detectron.core.mirror.MIRROR_DEFAULTS`' keys; the others take
             their default.
         seed: the run's seed (``MODEL.BIO.SEED``), for the noise.
         keys: option -> the name errors and warnings use, e.g. its config key.

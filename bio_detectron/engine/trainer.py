@@ -11,10 +11,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
+from ..evaluation import build_evaluator, check_evaluator
 from ..solver import build_bio_optimizer
 from .amp import precision_trainer_class
 from .ddp import create_ddp_model, sync_batchnorm_if_distributed
-from .evaluation import build_evaluator, check_evaluator
 from .hooks import add_bio_hooks_from_cfg
 
 __all__ = ["BioTrainer"]
@@ -31,7 +31,7 @@ class BioTrainer(DefaultTrainer):
       (``MODEL.BIO.SYNC_BN``);
     * a stop with a clear message, before the optimizer step, when a loss becomes non-finite;
     * data loaders whose errors name an unreadable image, and the evaluator of each dataset's
-      ``evaluator_type`` (:mod:`bio_detectron.engine.evaluation`), the embedded datasets
+      ``evaluator_type`` (:mod:`bio_detectron.evaluation`), the embedded datasets
       generated on demand;
     * the alignment-metrics hook when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0;
     * the optimizer of ``SOLVER.BIO`` (SGD or batch-manhattan SGD) and the weight mirror of the

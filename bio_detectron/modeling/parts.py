@@ -8,8 +8,8 @@ from typing import Dict, Mapping, Optional, Sequence
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-from ..convert import UNSUPPORTED, convert_layers, layers_of
-from ..rules import available_rules, build_rule, parse_scale
+from ..core.convert import UNSUPPORTED, convert_layers, layers_of
+from ..core.rules import available_rules, build_rule, parse_scale
 
 __all__ = [
     "PARTS",

@@ -2,7 +2,8 @@
 
 from detectron2.config import LazyCall as L
 
-from bio_detectron.solver import BatchManhattanSGD, bio_param_groups
+from bio_detectron.core.optim import BatchManhattanSGD
+from bio_detectron.solver import bio_param_groups
 
 from ..common.bio_voc import dataloader, lr_multiplier, model, train
 

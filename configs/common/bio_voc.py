@@ -10,7 +10,7 @@ from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from bio_detectron.engine.evaluation import build_dataset_evaluator
+from bio_detectron.evaluation import build_dataset_evaluator
 
 from .bio_retinanet import dataloader, model, optimizer, train
 

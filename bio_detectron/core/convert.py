@@ -1,11 +1,8 @@
 """
-Apply learning rules to the convolution and linear layers of any model, in place, and undo it.
-
-A layer is converted by swapping its class for a subclass that routes its forward through the
-rule's autograd path (:func:`feedback_class`: made once per layer class, subclasses such as
-detectron2's ``Conv2d`` included), so that every reference to it stays valid (detectron2's FPN,
-for one, keeps its convs in plain lists too) and parameter names, values and ``isinstance`` checks
-are unchanged. :func:`revert_layer` swaps it back.
+Apply learning rules to the convolution and linear layers of any model, in place, and undo it:
+the one conversion of a whole model (:func:`convert_model`, over :func:`convert_layers`), the
+report of which rule each layer learns with (:func:`rules_of`) and :func:`revert_model`. One
+layer's class swap is :mod:`bio_detectron.core.layers`'.
 """
 
 import re
@@ -13,27 +10,15 @@ import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from torch import nn
-from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from .layers import (
-    LAYER_TYPES,
-    FeedbackConv2d,
-    FeedbackConvMixin,
-    FeedbackLayer,
-    FeedbackLinear,
-    FeedbackLinearMixin,
-)
+from .layers import LAYER_TYPES, FeedbackLayer, convert_layer, revert_layer, unsupported_reason
 from .rules import build_rule
 
 __all__ = [
     "UNSUPPORTED",
     "UNCONVERTIBLE_TYPES",
     "convert_model",
-    "convert_layer",
     "convert_layers",
-    "feedback_class",
-    "revert_layer",
-    "unsupported_reason",
     "find_unsupported",
     "layers_of",
     "make_feedback_now",
@@ -42,137 +27,6 @@ __all__ = [
 ]
 
 Patterns = Optional[Union[str, Iterable[str]]]
-
-
-# ----------------------------------------------------------------------------------------------
-# One layer: its converted class, the swap and its undoing
-# ----------------------------------------------------------------------------------------------
-def _new_converted(base: type):
-    """Unpickling: an empty instance of ``base``'s feedback class (its state follows)."""
-    cls = feedback_class(base)
-    return cls.__new__(cls)
-
-
-_CLASSES = {nn.Conv2d: FeedbackConv2d, nn.Linear: FeedbackLinear}
-
-_STOCK_CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
-_STOCK_TRANSPOSED_FORWARDS = (
-    nn.ConvTranspose1d.forward,
-    nn.ConvTranspose2d.forward,
-    nn.ConvTranspose3d.forward,
-)
-
-
-def _conv_norm_activation_forwards() -> tuple:
-    """Conv forwards known to be 'conv, then optional norm and activation'."""
-    try:
-        from detectron2.layers import Conv2d as D2Conv2d
-    except ImportError:  # detectron2 is optional at this level
-        return ()
-    return (D2Conv2d.forward,)
-
-
-def _calls_conv_forward(forward) -> bool:
-    code = getattr(forward, "__code__", None)
-    return code is not None and "_conv_forward" in code.co_names
-
-
-def _class_unsupported_reason(cls: type) -> Optional[str]:
-    """Why instances of ``cls`` cannot learn with a rule by conversion; None when they can."""
-    if issubclass(cls, FeedbackLayer):
-        return None
-    if not issubclass(cls, LAYER_TYPES):
-        return f"{cls.__name__} is neither a convolution nor nn.Linear"
-    if issubclass(cls, _ConvTransposeNd):
-        if cls.forward in _STOCK_TRANSPOSED_FORWARDS:
-            return None
-        return f"{cls.__name__} has a forward of its own that the rule cannot act through"
-    if issubclass(cls, _ConvNd):
-        known = _STOCK_CONV_FORWARDS + _conv_norm_activation_forwards()
-        if cls.forward in known or _calls_conv_forward(cls.forward):
-            return None
-        return (
-            f"{cls.__name__}.forward does not call self._conv_forward (it computes the "
-            "convolution itself), so the rule cannot act on it"
-        )
-    if cls.forward is nn.Linear.forward:
-        return None
-    return f"{cls.__name__} has a forward of its own that the rule cannot act through"
-
-
-def unsupported_reason(module: nn.Module) -> Optional[str]:
-    """
-    Args:
-        module: a layer (an instance of :data:`LAYER_TYPES`).
-
-    Returns:
-        str or None: why converting ``module`` would not make it learn with a rule (its class
-        computes its output without the converted path), or None when it can be converted. Weights
-        read by *other* modules are checked by :func:`bio_detectron.convert_model`.
-    """
-    if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
-        return f"{type(module).__name__} is a lazy module whose weight is not initialised yet"
-    return _class_unsupported_reason(type(module))
-
-
-def feedback_class(cls: type) -> type:
-    """
-    Args:
-        cls: a convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``), ``nn.Linear``, or
-            a subclass (e.g. detectron2's ``Conv2d``).
-
-    Returns:
-        type: a subclass of ``cls`` whose instances use a learning rule (made once per class).
-        nn's and detectron2's forwards are replaced by the rule's path (a conv, then detectron2's
-        optional ``norm`` and ``activation``); a conv subclass with a forward of its own must call
-        ``self._conv_forward`` for the rule to act, or conversion refuses it.
-    """
-    if issubclass(cls, FeedbackLayer):
-        return cls
-    if cls not in _CLASSES:
-        reason = _class_unsupported_reason(cls)
-        if reason is not None:
-            raise TypeError(f"cannot convert {cls.__module__}.{cls.__qualname__}: {reason}")
-        attrs = {"_bio_base": cls}
-        if issubclass(cls, _ConvTransposeNd):
-            attrs["forward"] = FeedbackConvMixin._transposed_forward
-            bases = (FeedbackConvMixin, cls)
-        elif issubclass(cls, _ConvNd):
-            if cls.forward in _conv_norm_activation_forwards():
-                attrs["forward"] = FeedbackConvMixin._conv_norm_activation_forward
-            bases = (FeedbackConvMixin, cls)
-        else:
-            bases = (FeedbackLinearMixin, cls)
-        name = f"Feedback{cls.__name__}"
-        while name in globals():
-            name += "_"
-        attrs.update(__module__=__name__, __qualname__=name)
-        new_cls = type(name, bases, attrs)
-        globals()[name] = new_cls  # lets pickle find the class itself by name in this process
-        _CLASSES[cls] = new_cls
-    return _CLASSES[cls]
-
-
-def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **options):
-    """Convert one layer in place (its class is swapped) and return it."""
-    if not isinstance(module, FeedbackLayer):
-        module.__class__ = feedback_class(type(module))
-    module.set_rule(rule, seed=seed, name=name, **options)
-    return module
-
-
-_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending")
-
-
-def revert_layer(module: nn.Module) -> nn.Module:
-    """Turn a converted layer back into its original class, dropping the rule and its state."""
-    if isinstance(module, FeedbackLayer):
-        module._buffers.pop("feedback", None)
-        module._parameters.pop("feedback", None)
-        for attr in _LAYER_ATTRIBUTES:
-            module.__dict__.pop(attr, None)
-        module.__class__ = module._bio_base
-    return module
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +238,7 @@ def rules_of(model: nn.Module) -> Dict[str, str]:
 def make_feedback_now(model: nn.Module, pending_only: bool = False) -> nn.Module:
     """
     Make every converted layer's feedback tensor from its current weights now, instead of at its
-    first training forward pass (see :class:`~bio_detectron.layers.FeedbackLayer`). Useful only
+    first training forward pass (see :class:`~bio_detectron.core.layers.FeedbackLayer`). Useful only
     where weights change between that pass and the moment B should describe; the trainers need
     no call.
 

@@ -46,7 +46,7 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..data import ensure_dataset_files
-from .voc_evaluation import PascalVOCEvaluator
+from .pascal_voc import PascalVOCEvaluator
 
 __all__ = [
     "EVALUATOR_TYPES",

@@ -12,10 +12,12 @@ require grad, ``torch.jit.trace``, ``torch.export``) a converted layer runs its 
 (``F.conv2d``, ``F.linear``, ...), so evaluation costs what it costs without the rule, and traced or
 exported graphs are the stock ones.
 
-Existing layers are converted in place by swapping their class (the converter's business:
-:mod:`bio_detectron.convert`), so that every reference to them stays valid and parameter names,
-values and ``isinstance`` checks are unchanged. Converted layers pickle and deep-copy by their
-original class, so a saved model loads in a fresh process.
+Existing layers are converted in place by swapping their class for a subclass made once per layer
+class (:func:`feedback_class`; subclasses such as detectron2's ``Conv2d`` included), so that every
+reference to them stays valid (detectron2's FPN, for one, keeps its convs in plain lists too) and
+parameter names, values and ``isinstance`` checks are unchanged; :func:`revert_layer` swaps it
+back. Converted layers pickle and deep-copy by their original class, so a saved model loads in a
+fresh process. Whole models are converted by :mod:`bio_detectron.core.convert`.
 """
 
 import logging
@@ -24,9 +26,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from ._deprecation import moved_names
+from .functions import _autocast_dtype, _FeedbackConvFunction, _FeedbackLinearFunction, _tracing
 from .rules import LearningRule, build_rule, layer_seed
 
 __all__ = [
@@ -34,7 +36,11 @@ __all__ = [
     "FeedbackLayer",
     "FeedbackConv2d",
     "FeedbackLinear",
+    "convert_layer",
+    "feedback_class",
     "is_converted",
+    "revert_layer",
+    "unsupported_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,94 +53,11 @@ LAYER_TYPES = (_ConvNd, nn.Linear)
 METADATA_KEY = "bio_rule"
 
 
-def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    device_type = x.device.type
-    if device_type in ("cuda", "cpu", "xpu") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
-
-
-def _feedback_for(rule, weight, state, input):
-    """
-    B for one backward pass, as (M, s): B = M * s, s applied by the caller to the input gradient,
-    or (B, None). A scalar factor of B is applied to whichever of M and the input gradient (shaped
-    like ``input``) is smaller: one elementwise pass less for sign-symmetry's sign(W) * s.
-    """
-    feedback, scale = rule.feedback_weight_parts(weight, state)
-    if scale is not None and feedback.numel() <= input.numel():
-        return feedback.mul_(scale), None
-    return feedback, scale
-
-
-class _FeedbackConvFunction(torch.autograd.Function):
-    """Every convolution: ``args`` = (stride, padding, dilation, transposed, output_padding,
-    groups), as ``aten.convolution`` takes them."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, state, rule, args):
-        ctx.save_for_backward(input, weight, state)
-        ctx.rule, ctx.args, ctx.has_bias = rule, args, bias is not None
-        return torch.ops.aten.convolution(input, weight, bias, *args)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight, state = ctx.saved_tensors
-        need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
-        feedback, scale = (
-            _feedback_for(ctx.rule, weight, state, input) if need_input else (weight, None)
-        )
-        _, _, _, transposed, _, _ = ctx.args
-        bias_sizes = [weight.shape[1] * ctx.args[5] if transposed else weight.shape[0]]
-        grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output,
-            input,
-            feedback,
-            bias_sizes if ctx.has_bias else None,
-            *ctx.args,
-            [need_input, need_weight or need_state, need_bias and ctx.has_bias],
-        )
-        if scale is not None:
-            grad_input = grad_input.mul_(scale)
-        grad_state = ctx.rule.feedback_grad(grad_weight) if need_state else None
-        return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None, None
-
-
-class _FeedbackLinearFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, weight, bias, state, rule):
-        ctx.save_for_backward(input, weight, state)
-        ctx.rule, ctx.has_bias = rule, bias is not None
-        return F.linear(input, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight, state = ctx.saved_tensors
-        need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
-        grad_input = grad_weight = grad_bias = grad_state = None
-        if need_input:
-            feedback, scale = _feedback_for(ctx.rule, weight, state, input)
-            grad_input = grad_output.matmul(feedback)
-            if scale is not None:
-                grad_input = grad_input.mul_(scale)
-        grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
-        if need_weight or need_state:
-            grad_weight = grad_2d.t().mm(input.reshape(-1, input.shape[-1]))
-        if need_state:
-            grad_state = ctx.rule.feedback_grad(grad_weight)
-        if ctx.has_bias and need_bias:
-            grad_bias = grad_2d.sum(0)
-        return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None
-
-
 class FeedbackLayer:
     """
     Mixin of converted layers. A converted layer has
 
-    * ``learning_rule``: the :class:`~bio_detectron.rules.LearningRule` object;
+    * ``learning_rule``: the :class:`~bio_detectron.core.rules.LearningRule` object;
     * ``rule``: its name;
     * ``feedback``: the rule's feedback tensor, for rules that keep one (a buffer, or a parameter
       for rules whose feedback tensor the optimizer trains);
@@ -165,7 +88,7 @@ class FeedbackLayer:
         Set the layer's learning rule and make the rule's feedback tensor.
 
         Args:
-            rule (str or LearningRule): see :func:`~bio_detectron.rules.build_rule`.
+            rule (str or LearningRule): see :func:`~bio_detectron.core.rules.build_rule`.
             seed (int): the run's seed; with ``name`` it decides the layer's feedback tensor.
             name (str): the layer's module name in its model.
         """
@@ -296,8 +219,6 @@ class FeedbackLayer:
     def __reduce_ex__(self, protocol):
         # Pickle (torch.save(model), deepcopy) by the original class, whose feedback class is
         # rebuilt on load: generated classes do not exist in a fresh process until then.
-        from .convert import _new_converted  # the converter makes the classes
-
         reduced = super().__reduce_ex__(protocol)
         return (_new_converted, (self._bio_base,)) + tuple(reduced[2:])
 
@@ -422,19 +343,132 @@ def is_converted(module: nn.Module) -> bool:
     return isinstance(module, FeedbackLayer)
 
 
-# Moved to bio_detectron.convert with the rest of the class-swap machinery; the old names keep
-# working (pickles written before the move name bio_detectron.layers._new_converted).
-__getattr__ = moved_names(
-    __name__,
-    {
-        name: ("bio_detectron.convert", name, ())
-        for name in ("feedback_class", "convert_layer", "revert_layer", "unsupported_reason")
-    },
+# ----------------------------------------------------------------------------------------------
+# The converted class of a layer class, the swap and its undoing
+# ----------------------------------------------------------------------------------------------
+def _new_converted(base: type):
+    """Unpickling: an empty instance of ``base``'s feedback class (its state follows)."""
+    cls = feedback_class(base)
+    return cls.__new__(cls)
+
+
+_CLASSES = {nn.Conv2d: FeedbackConv2d, nn.Linear: FeedbackLinear}
+
+_STOCK_CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+_STOCK_TRANSPOSED_FORWARDS = (
+    nn.ConvTranspose1d.forward,
+    nn.ConvTranspose2d.forward,
+    nn.ConvTranspose3d.forward,
 )
 
 
-def _new_converted(base: type):
-    """Unpickling a model saved before the class swap moved to bio_detectron.convert."""
-    from .convert import _new_converted as new_converted
+def _conv_norm_activation_forwards() -> tuple:
+    """Conv forwards known to be 'conv, then optional norm and activation'."""
+    try:
+        from detectron2.layers import Conv2d as D2Conv2d
+    except ImportError:  # detectron2 is optional at this level
+        return ()
+    return (D2Conv2d.forward,)
 
-    return new_converted(base)
+
+def _calls_conv_forward(forward) -> bool:
+    code = getattr(forward, "__code__", None)
+    return code is not None and "_conv_forward" in code.co_names
+
+
+def _class_unsupported_reason(cls: type) -> Optional[str]:
+    """Why instances of ``cls`` cannot learn with a rule by conversion; None when they can."""
+    if issubclass(cls, FeedbackLayer):
+        return None
+    if not issubclass(cls, LAYER_TYPES):
+        return f"{cls.__name__} is neither a convolution nor nn.Linear"
+    if issubclass(cls, _ConvTransposeNd):
+        if cls.forward in _STOCK_TRANSPOSED_FORWARDS:
+            return None
+        return f"{cls.__name__} has a forward of its own that the rule cannot act through"
+    if issubclass(cls, _ConvNd):
+        known = _STOCK_CONV_FORWARDS + _conv_norm_activation_forwards()
+        if cls.forward in known or _calls_conv_forward(cls.forward):
+            return None
+        return (
+            f"{cls.__name__}.forward does not call self._conv_forward (it computes the "
+            "convolution itself), so the rule cannot act on it"
+        )
+    if cls.forward is nn.Linear.forward:
+        return None
+    return f"{cls.__name__} has a forward of its own that the rule cannot act through"
+
+
+def unsupported_reason(module: nn.Module) -> Optional[str]:
+    """
+    Args:
+        module: a layer (an instance of :data:`LAYER_TYPES`).
+
+    Returns:
+        str or None: why converting ``module`` would not make it learn with a rule (its class
+        computes its output without the converted path), or None when it can be converted. Weights
+        read by *other* modules are checked by :func:`bio_detectron.convert_model`.
+    """
+    if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
+        return f"{type(module).__name__} is a lazy module whose weight is not initialised yet"
+    return _class_unsupported_reason(type(module))
+
+
+def feedback_class(cls: type) -> type:
+    """
+    Args:
+        cls: a convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``), ``nn.Linear``, or
+            a subclass (e.g. detectron2's ``Conv2d``).
+
+    Returns:
+        type: a subclass of ``cls`` whose instances use a learning rule (made once per class).
+        nn's and detectron2's forwards are replaced by the rule's path (a conv, then detectron2's
+        optional ``norm`` and ``activation``); a conv subclass with a forward of its own must call
+        ``self._conv_forward`` for the rule to act, or conversion refuses it.
+    """
+    if issubclass(cls, FeedbackLayer):
+        return cls
+    if cls not in _CLASSES:
+        reason = _class_unsupported_reason(cls)
+        if reason is not None:
+            raise TypeError(f"cannot convert {cls.__module__}.{cls.__qualname__}: {reason}")
+        attrs = {"_bio_base": cls}
+        if issubclass(cls, _ConvTransposeNd):
+            attrs["forward"] = FeedbackConvMixin._transposed_forward
+            bases = (FeedbackConvMixin, cls)
+        elif issubclass(cls, _ConvNd):
+            if cls.forward in _conv_norm_activation_forwards():
+                attrs["forward"] = FeedbackConvMixin._conv_norm_activation_forward
+            bases = (FeedbackConvMixin, cls)
+        else:
+            bases = (FeedbackLinearMixin, cls)
+        name = f"Feedback{cls.__name__}"
+        while name in globals():
+            name += "_"
+        attrs.update(__module__=__name__, __qualname__=name)
+        new_cls = type(name, bases, attrs)
+        globals()[name] = new_cls  # lets pickle find the class itself by name in this process
+        _CLASSES[cls] = new_cls
+    return _CLASSES[cls]
+
+
+def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **options):
+    """Convert one layer in place (its class is swapped) and return it."""
+    if not isinstance(module, FeedbackLayer):
+        module.__class__ = feedback_class(type(module))
+    module.set_rule(rule, seed=seed, name=name, **options)
+    return module
+
+
+_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending")
+
+
+def revert_layer(module: nn.Module) -> nn.Module:
+    """Turn a converted layer back into its original class, dropping the rule and its state."""
+    if isinstance(module, FeedbackLayer):
+        module._buffers.pop("feedback", None)
+        module._parameters.pop("feedback", None)
+        for attr in _LAYER_ATTRIBUTES:
+            module.__dict__.pop(attr, None)
+        module.__class__ = module._bio_base
+    return module

@@ -12,16 +12,15 @@ The rules and their names follow the code of Xiao, Chen, Liao & Poggio (2018), a
 import inspect
 import math
 import numbers
-import warnings
 import zlib
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
-from fvcore.common.registry import Registry
 
 __all__ = [
     "RULE_REGISTRY",
     "LearningRule",
+    "RuleRegistry",
     "ScaledRule",
     "StoredFeedbackRule",
     "available_rules",
@@ -32,21 +31,46 @@ __all__ = [
 ]
 
 
-class _RuleRegistry(Registry):
-    """A registry whose entries are named by their ``name`` attribute, not their class name."""
+class RuleRegistry:
+    """
+    Learning rules by name: subclasses of :class:`LearningRule`, registered under their ``name``
+    attribute with ``@RULE_REGISTRY.register()``. (The core needs nothing but PyTorch, so this is
+    not fvcore's ``Registry``, though it reads the same: ``register``, ``get``, ``in``, iteration
+    over ``(name, class)`` pairs.)
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._obj_map: Dict[str, type] = {}
 
     def register(self, obj=None):
         if obj is None:
             return self.register
-        self._do_register(obj.name, obj)
+        if not obj.name:
+            raise ValueError(f"{obj.__name__} has no name to register under")
+        if obj.name in self._obj_map:
+            raise ValueError(f"a rule named {obj.name!r} is registered already in {self._name}")
+        self._obj_map[obj.name] = obj
         return obj
 
+    def get(self, name: str) -> type:
+        if name not in self._obj_map:
+            raise KeyError(
+                f"no rule named {name!r} in {self._name}; available: {sorted(self._obj_map)}"
+            )
+        return self._obj_map[name]
 
-RULE_REGISTRY = _RuleRegistry("BIO_RULE")
-RULE_REGISTRY.__doc__ = """
-Registry for learning rules: subclasses of :class:`LearningRule`, registered under their ``name``
-with ``@RULE_REGISTRY.register()``.
-"""
+    def __contains__(self, name) -> bool:
+        return name in self._obj_map
+
+    def __iter__(self):
+        return iter(self._obj_map.items())
+
+    def __repr__(self):
+        return f"RuleRegistry({self._name!r}: {sorted(self._obj_map)})"
+
+
+RULE_REGISTRY = RuleRegistry("BIO_RULE")
 
 # Named ways to choose the scale s of a feedback weight (any positive number is allowed as well).
 #   kaiming:  sqrt(2 / (W.shape[0] * prod(kernel))) for a conv of any dimension, transposed or not
@@ -112,16 +136,6 @@ def layer_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**63 - 1)
 
 
-# Names of the rule API before the feedback tensor had one name (old -> new); a rule class that
-# still defines an old name works, with a DeprecationWarning.
-_RENAMED = {
-    "state_kind": "feedback_kind",
-    "feedback": "feedback_weight",
-    "feedback_parts": "feedback_weight_parts",
-    "state_grad": "feedback_grad",
-}
-
-
 class LearningRule:
     """
     Base class of learning rules. A rule is a small, stateless object holding its options. Two
@@ -135,8 +149,8 @@ class LearningRule:
       when ``feedback_kind`` is "parameter"), made by :meth:`init_feedback`, so that it follows
       the layer to a device, across processes and into checkpoints.
 
-    When the feedback tensor is made (see :class:`~bio_detectron.layers.FeedbackLayer`): from the
-    weights the layer has at its first training forward pass, i.e. after pretrained weights are
+    When the feedback tensor is made (see :class:`~bio_detectron.core.layers.FeedbackLayer`): from
+    the weights the layer has at its first training forward pass, i.e. after pretrained weights are
     loaded and after DistributedDataParallel has given every process rank 0's weights, unless a
     checkpoint made by the same rule restored it first.
 
@@ -149,22 +163,6 @@ class LearningRule:
 
     name = ""
     feedback_kind: Optional[str] = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for old, new in _RENAMED.items():
-            if old in cls.__dict__ and new not in cls.__dict__:
-                warnings.warn(
-                    f"{cls.__name__}.{old} is named {new} now (LearningRule's feedback API)",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                setattr(cls, new, cls.__dict__[old])
-
-    @property
-    def state_kind(self) -> Optional[str]:
-        """Deprecated name of :attr:`feedback_kind`."""
-        return self.feedback_kind
 
     def init_feedback(
         self, weight: torch.Tensor, generator: torch.Generator
@@ -215,19 +213,6 @@ class LearningRule:
         W's gradient (computed by the layer's backward in any case).
         """
         raise NotImplementedError(f"{type(self).__name__} keeps no trained feedback tensor")
-
-    # Deprecated names, for code that calls them (rule classes defining them are mapped above).
-    def feedback(self, weight, feedback):
-        """Deprecated name of :meth:`feedback_weight`."""
-        return self.feedback_weight(weight, feedback)
-
-    def feedback_parts(self, weight, feedback):
-        """Deprecated name of :meth:`feedback_weight_parts`."""
-        return self.feedback_weight_parts(weight, feedback)
-
-    def state_grad(self, grad_weight):
-        """Deprecated name of :meth:`feedback_grad`."""
-        return self.feedback_grad(grad_weight)
 
     def options(self) -> dict:
         """The options this rule was built with (its constructor's named arguments)."""

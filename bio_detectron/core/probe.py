@@ -7,7 +7,7 @@ layers' own rules and one with every converted layer set to backprop, using ``to
 so that no ``.grad`` is touched. It leaves training exactly as it would have been without it:
 buffers (BatchNorm statistics), plain module attributes (RetinaNet's loss-normalizer EMA), random
 number generators and learning rules are restored (:class:`ForwardState`).
-:mod:`bio_detectron.alignment` turns its gradients into angles. Only PyTorch is needed; with
+:mod:`bio_detectron.core.alignment` turns its gradients into angles. Only PyTorch is needed; with
 detectron2 installed, scalars a model logs during the probe go to an event storage of their own.
 """
 
@@ -32,8 +32,9 @@ __all__ = [
     "total_loss",
 ]
 
-# Names the alignment metrics give their model-wide summaries (bio_detectron.alignment.SUMMARIES):
-# a top-level layer of one of these names is listed with a trailing "_".
+# Names the alignment metrics give their model-wide summaries
+# (bio_detectron.core.alignment.SUMMARIES): a top-level layer of one of these names is listed
+# with a trailing "_".
 SUMMARY_NAMES = ("mean", "all")
 
 

@@ -33,7 +33,8 @@ under 10 px on a side are marked difficult.
 import os
 from typing import Dict, List, Sequence, Tuple
 
-from .cache import generate_once
+from bio_detectron.data.cache import generate_once
+
 from .coco_layout import write_coco
 from .layouts import write_ade20k, write_voc
 

@@ -9,7 +9,7 @@ Metrics of one converted layer with weight W and feedback weight B (``m.feedback
 * ``grad_angle``: angle in degrees between the gradient of W that the rule produces and the true
   backprop gradient of the same loss, on the same batch, with the same weights (0 for backprop,
   and for a model's last layer whatever the rule: its output gradient is exact). It needs the
-  probe (:mod:`bio_detectron.probe`).
+  probe (:mod:`bio_detectron.core.probe`).
 
 Only PyTorch is needed. :class:`bio_detectron.engine.AlignmentHook` logs these metrics during
 training as ``alignment/<layer>/<metric>`` scalars; ``tools/plot_alignment.py`` draws them.
@@ -22,14 +22,7 @@ import torch
 from torch import nn
 
 from .layers import is_converted
-from .probe import (  # noqa: F401  (also reachable from here, where they were documented)
-    SUMMARY_NAMES,
-    ForwardState,
-    _probe,
-    converted_layers,
-    probe_gradients,
-    total_loss,
-)
+from .probe import SUMMARY_NAMES, ForwardState, _probe, converted_layers
 
 __all__ = [
     "LAYER_METRICS",
@@ -144,10 +137,10 @@ def weight_metrics(model: nn.Module) -> Dict[str, Dict[str, float]]:
 
 def gradient_angles(model: nn.Module, args: tuple, kwargs: Optional[dict] = None, **options):
     """
-    Runs :func:`~bio_detectron.probe.probe_gradients` (same arguments, ``loss_fn`` and ``start``
-    among ``options``) and returns layer name -> ``grad_angle`` in degrees, plus "all": the angle
-    between all layers' gradients concatenated. A layer gets NaN when either gradient is None (the
-    loss does not reach it) or zero (e.g. behind dead ReLUs); frozen layers are left out.
+    Runs :func:`~bio_detectron.core.probe.probe_gradients` (same arguments, ``loss_fn`` and
+    ``start`` among ``options``) and returns layer name -> ``grad_angle`` in degrees, plus "all":
+    the angle between all layers' gradients concatenated. A layer gets NaN when either gradient is
+    None (the loss does not reach it) or zero (e.g. behind dead ReLUs); frozen layers are left out.
 
     Returns:
         dict[str, float]

@@ -16,7 +16,8 @@ from detectron2.data.datasets.builtin_meta import (
 )
 from PIL import Image
 
-from .coco_writer import _polygon_area, save_jpeg
+from bio_detectron.data.coco_writer import _polygon_area, save_jpeg
+
 from .layouts import COCO_BACKGROUND, COCO_THINGS, render_image, shape_name
 
 __all__ = ["write_coco"]

@@ -13,9 +13,9 @@ import numpy as np
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 from PIL import Image
 
-from . import shapes
-from .coco_writer import save_jpeg
-from .drawing import polygon_mask
+from bio_detectron.data import shapes
+from bio_detectron.data.coco_writer import save_jpeg
+from bio_detectron.data.drawing import polygon_mask
 
 __all__ = [
     "ADE20K_BACKGROUND",
