@@ -10,8 +10,8 @@ from torch import nn
 
 from ..core.alignment import alignment_metrics, alignment_scalars
 from ..core.probe import ForwardState, converted_layers
+from ..validate import nonnegative_int
 from .ddp import unwrap_model
-from .hooks import nonnegative_int
 
 __all__ = ["AlignmentHook", "build_alignment_hook"]
 

@@ -5,7 +5,6 @@ layers and the alignment metrics.
 """
 
 import math
-import numbers
 import weakref
 from typing import List, Mapping, Optional
 
@@ -13,7 +12,10 @@ import torch
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.train_loop import HookBase
 
+from ..validate import nonnegative_int
+from .alignment_hook import AlignmentHook
 from .ddp import all_ranks_true, unwrap_model
+from .mirror_hook import MIRROR_CFG_KEYS, build_mirror_hook, mirror_options
 
 __all__ = [
     "CompileHook",
@@ -21,7 +23,6 @@ __all__ = [
     "YACS_ADVICE",
     "add_bio_hooks",
     "add_bio_hooks_from_cfg",
-    "nonnegative_int",
 ]
 
 # What to try after a divergence, in the keys of a yacs config (MODEL.BIO).
@@ -29,16 +30,6 @@ YACS_ADVICE = (
     "Lower SOLVER.BASE_LR, try MODEL.BIO.SCALE 'mean_abs', or for detectors normalise FPN and head "
     "(MODEL.FPN.NORM, MODEL.RETINANET.NORM 'GN')."
 )
-
-
-def nonnegative_int(value, key: str) -> int:
-    """
-    ``value`` as an int; a ValueError naming ``key`` when it is not an integer >= 0 (a period,
-    a count: 0 turns the thing off).
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{key}={value!r}: must be an integer >= 0 (0 turns it off)")
-    return int(value)
 
 
 class FiniteLossCheck(HookBase):
@@ -199,8 +190,6 @@ def add_bio_hooks(
     Returns:
         list: a new list.
     """
-    from .alignment_hook import AlignmentHook  # the hooks import this module's helpers
-    from .mirror_hook import build_mirror_hook
 
     keys = dict(keys or {})
     period = nonnegative_int(alignment_period, keys.get("alignment_period", "alignment_period"))
@@ -231,7 +220,6 @@ def add_bio_hooks_from_cfg(hooks, model, cfg, writer_period: Optional[int] = Non
     :func:`add_bio_hooks` with the keys of a yacs config: ``MODEL.BIO.ALIGNMENT.PERIOD``,
     ``MODEL.BIO.MIRROR.*`` and ``MODEL.BIO.SEED`` (the detection and classification trainers).
     """
-    from .mirror_hook import MIRROR_CFG_KEYS, mirror_options
 
     c = cfg.MODEL.BIO.COMPILE
     switch = {"enabled": c.ENABLED, "mode": c.MODE, "backend": c.BACKEND}

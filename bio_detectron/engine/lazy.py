@@ -46,9 +46,10 @@ from ..config import device_or_cpu
 from ..core.mirror import MIRROR_DEFAULTS
 from ..data import ensure_dataset_files
 from ..evaluation import build_dataset_evaluator, check_evaluator
+from ..validate import nonnegative_int
 from .amp import precision_trainer_class, with_precision
 from .ddp import create_ddp_model
-from .hooks import add_bio_hooks, compile_options, nonnegative_int
+from .hooks import add_bio_hooks, compile_options
 
 __all__ = [
     "ALIGNMENT_PERIOD_KEY",

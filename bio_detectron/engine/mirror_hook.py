@@ -11,8 +11,8 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..core.mirror import MIRROR_DEFAULTS, InputShapes, mirror_layers, mirror_step
+from ..validate import nonnegative_int
 from .ddp import unwrap_model
-from .hooks import nonnegative_int
 
 __all__ = [
     "MIRROR_CFG_KEYS",
