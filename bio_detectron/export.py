@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
 from .config import add_bio_config
@@ -31,10 +32,6 @@ __all__ = [
     "build_stock_model",
     "export_stock_model",
 ]
-
-# What stock RetinaNet builds for its head: BioRetinaNet's head must be this for the model to be
-# stock RetinaNet's.
-_STOCK_RETINANET_HEAD = "RetinaNetHead"
 
 
 def bio_keys() -> List[str]:
@@ -101,10 +98,12 @@ def stock_config(cfg: CfgNode) -> CfgNode:
     if meta == "BioRetinaNet":
         head = cfg.MODEL.RETINANET.HEAD_NAME
         builder = RETINANET_HEAD_REGISTRY.get(head) if head in RETINANET_HEAD_REGISTRY else None
-        if getattr(builder, "stock_name", None) != _STOCK_RETINANET_HEAD:
+        # Stock RetinaNet builds RetinaNetHead: the head builder must build that for the model to
+        # be stock RetinaNet's.
+        if getattr(builder, "stock_name", None) != RetinaNetHead.__name__:
             raise ValueError(
                 f"MODEL.RETINANET.HEAD_NAME={head!r} has no stock detectron2 counterpart; stock "
-                f"RetinaNet builds {_STOCK_RETINANET_HEAD}"
+                f"RetinaNet builds {RetinaNetHead.__name__}"
             )
     meta = _stock_name(META_ARCH_REGISTRY, meta, "MODEL.META_ARCHITECTURE")
     backbone = _stock_name(BACKBONE_REGISTRY, cfg.MODEL.BACKBONE.NAME, "MODEL.BACKBONE.NAME")

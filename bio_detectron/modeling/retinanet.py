@@ -45,7 +45,7 @@ def BioRetinaNetHead(cfg, input_shape: List[ShapeSpec]) -> RetinaNetHead:
     return RetinaNetHead(cfg, input_shape)
 
 
-BioRetinaNetHead.stock_name = "RetinaNetHead"
+BioRetinaNetHead.stock_name = RetinaNetHead.__name__
 
 
 @META_ARCH_REGISTRY.register()
