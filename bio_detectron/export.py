@@ -19,30 +19,19 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
 from .config import add_bio_config
 from .core.convert import revert_model, rules_of
+from .modeling.retinanet import RETINANET_HEAD_REGISTRY
 
 __all__ = [
-    "STOCK_META_ARCHITECTURES",
-    "STOCK_BACKBONES",
     "stock_config",
     "load_weights",
     "build_stock_model",
     "export_stock_model",
 ]
-
-# bio_detectron's registered builders -> the detectron2 builders of the same model: each builds
-# the stock model and converts its layers. "BioPlausible" maps to MODEL.BIO.BASE_META_ARCHITECTURE.
-STOCK_META_ARCHITECTURES = {"BioRetinaNet": "RetinaNet"}
-STOCK_BACKBONES = {
-    "build_bio_resnet_backbone": "build_resnet_backbone",
-    "build_bio_retinanet_resnet_fpn_backbone": "build_retinanet_resnet_fpn_backbone",
-}
-# RetinaNet heads (MODEL.RETINANET.HEAD_NAME of BioRetinaNet) that are detectron2's RetinaNetHead
-# with converted layers.
-STOCK_RETINANET_HEADS = ("BioRetinaNetHead",)
 
 
 def bio_keys() -> List[str]:
@@ -53,15 +42,21 @@ def bio_keys() -> List[str]:
     return _keys_not_in(bio, get_cfg())
 
 
-def _check_stock(registry, name: str, key: str, given: str) -> None:
+def _stock_name(registry, name: str, key: str) -> str:
+    """
+    The detectron2 builder of the model that ``registry``'s ``name`` builds: ``name`` itself for
+    a detectron2 builder, else the ``stock_name`` that a thin builder of bio_detectron (one that
+    builds the stock module, which the meta-architecture converts) carries.
+    """
     if name not in registry:
         raise ValueError(f"{key}={name!r} is not registered with detectron2")
-    if getattr(registry.get(name), "__module__", "").startswith("bio_detectron"):
+    stock = getattr(registry.get(name), "stock_name", name)
+    if stock not in registry or registry.get(stock).__module__.startswith("bio_detectron"):
         raise ValueError(
-            f"{key}={given!r} is built by bio_detectron and has no stock detectron2 counterpart "
-            f"known to bio_detectron.export (known: {sorted(STOCK_META_ARCHITECTURES)}, "
-            f"{sorted(STOCK_BACKBONES)}, 'BioPlausible')"
+            f"{key}={name!r} is built by bio_detectron and has no stock detectron2 counterpart "
+            "(a builder that builds a stock module names it in its stock_name)"
         )
+    return stock
 
 
 def _keys_not_in(cfg: CfgNode, reference: CfgNode, prefix: str = "") -> List[str]:
@@ -83,11 +78,11 @@ def stock_config(cfg: CfgNode) -> CfgNode:
             configs/Shapes-Detection, or a detectron2 config with ``BioPlausible``.
 
     Returns:
-        CfgNode: a copy of ``cfg`` with detectron2's builder names (``MODEL.META_ARCHITECTURE``:
-        "BioRetinaNet" -> "RetinaNet", "BioPlausible" -> ``MODEL.BIO.BASE_META_ARCHITECTURE``;
-        ``MODEL.BACKBONE.NAME``: see :data:`STOCK_BACKBONES`) and without the keys of
-        :func:`bio_keys`. Keys of other extensions (not in detectron2's ``get_cfg()``) are kept,
-        with a warning naming them: merging it then needs their ``add_*_config`` too.
+        CfgNode: a copy of ``cfg`` with detectron2's builder names (``MODEL.META_ARCHITECTURE``
+        "BioPlausible" -> ``MODEL.BIO.BASE_META_ARCHITECTURE``; a thin builder registered by
+        bio_detectron -> its ``stock_name``, e.g. "BioRetinaNet" -> "RetinaNet") and without the
+        keys of :func:`bio_keys`. Keys of other extensions (not in detectron2's ``get_cfg()``)
+        are kept, with a warning naming them: merging it then needs their ``add_*_config`` too.
     """
     if "CLASSIFIER" in cfg.MODEL:
         raise ValueError(
@@ -97,19 +92,21 @@ def stock_config(cfg: CfgNode) -> CfgNode:
         )
     if "BIO" not in cfg.MODEL:
         raise ValueError("cfg has no MODEL.BIO keys: it is not a bio_detectron config")
-    given_meta = meta = cfg.MODEL.META_ARCHITECTURE
+    meta = cfg.MODEL.META_ARCHITECTURE
     if meta == "BioPlausible":
         meta = cfg.MODEL.BIO.BASE_META_ARCHITECTURE
-    if meta == "BioRetinaNet" and cfg.MODEL.RETINANET.HEAD_NAME not in STOCK_RETINANET_HEADS:
-        raise ValueError(
-            f"MODEL.RETINANET.HEAD_NAME={cfg.MODEL.RETINANET.HEAD_NAME!r} has no stock detectron2 "
-            f"counterpart; stock RetinaNet builds RetinaNetHead, as {STOCK_RETINANET_HEADS} do"
-        )
-    meta = STOCK_META_ARCHITECTURES.get(meta, meta)
-    _check_stock(META_ARCH_REGISTRY, meta, "MODEL.META_ARCHITECTURE", given_meta)
-    given_backbone = cfg.MODEL.BACKBONE.NAME
-    backbone = STOCK_BACKBONES.get(given_backbone, given_backbone)
-    _check_stock(BACKBONE_REGISTRY, backbone, "MODEL.BACKBONE.NAME", given_backbone)
+    if meta == "BioRetinaNet":
+        head = cfg.MODEL.RETINANET.HEAD_NAME
+        builder = RETINANET_HEAD_REGISTRY.get(head) if head in RETINANET_HEAD_REGISTRY else None
+        # Stock RetinaNet builds RetinaNetHead: the head builder must build that for the model to
+        # be stock RetinaNet's.
+        if getattr(builder, "stock_name", None) != RetinaNetHead.__name__:
+            raise ValueError(
+                f"MODEL.RETINANET.HEAD_NAME={head!r} has no stock detectron2 counterpart; stock "
+                f"RetinaNet builds {RetinaNetHead.__name__}"
+            )
+    meta = _stock_name(META_ARCH_REGISTRY, meta, "MODEL.META_ARCHITECTURE")
+    backbone = _stock_name(BACKBONE_REGISTRY, cfg.MODEL.BACKBONE.NAME, "MODEL.BACKBONE.NAME")
 
     stock = cfg.clone()
     stock.defrost()

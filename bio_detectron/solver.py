@@ -13,8 +13,6 @@ layer's, which has switches and a learning rate of its own, and leaves biases ou
 """
 
 import logging
-import math
-import numbers
 from typing import Dict, List, Optional
 
 import torch
@@ -22,6 +20,7 @@ from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from torch import nn
 
+from . import validate
 from .core.layers import FeedbackLayer
 from .core.optim import BatchManhattanSGD
 from .modeling.parts import parts_of
@@ -56,23 +55,6 @@ def last_layer_parameters(model: nn.Module) -> Dict[nn.Parameter, str]:
     return params
 
 
-def _check_options(cfg):
-    s = cfg.SOLVER.BIO
-    if s.OPTIMIZER not in OPTIMIZERS:
-        raise ValueError(
-            f"SOLVER.BIO.OPTIMIZER={s.OPTIMIZER!r} is not allowed; use one of {OPTIMIZERS}"
-        )
-    lr = s.LAST_LAYER_LR
-    if (
-        isinstance(lr, bool)
-        or not isinstance(lr, numbers.Real)
-        or not (lr >= 0 and math.isfinite(lr))
-    ):
-        raise ValueError(
-            f"SOLVER.BIO.LAST_LAYER_LR={lr!r}: must be a number >= 0 (0: SOLVER.BASE_LR)"
-        )
-
-
 def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """
     The optimizer of ``SOLVER.BIO`` (see :func:`bio_detectron.add_bio_config`).
@@ -90,8 +72,9 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     Args:
         model: the model before it is wrapped in DistributedDataParallel.
     """
-    _check_options(cfg)
     s = cfg.SOLVER.BIO
+    validate.one_of(s.OPTIMIZER, OPTIMIZERS, "SOLVER.BIO.OPTIMIZER")
+    validate.nonnegative_number(s.LAST_LAYER_LR, "SOLVER.BIO.LAST_LAYER_LR", "SOLVER.BASE_LR")
     custom = (
         s.OPTIMIZER != "SGD"
         or s.NO_SIGN_CHANGE

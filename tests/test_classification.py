@@ -330,7 +330,7 @@ def test_checkpoint_initialises_retinanet_resnet18_backbone(tmp_path, shapes_roo
         ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path, "MODEL.BIO.SCALE", "kaiming"]
     )
     detector = build_model(det_cfg)
-    assert type(detector).__name__ == "BioRetinaNet"
+    assert type(detector).__name__ == "RetinaNet"
     bottom_up = {
         k: v for k, v in detector.state_dict().items() if k.startswith("backbone.bottom_up.")
     }

@@ -162,6 +162,35 @@ def test_layer_the_rule_cannot_act_on_is_refused_by_name_or_skipped_with_warning
     bd.convert_model(make(), "sign_symmetry", exclude=f"^{name}$")
 
 
+def test_errors_about_an_argument_are_worded_with_the_callers_name_for_it():
+    from bio_detectron.core.convert import ArgumentError
+    from bio_detectron.modeling.parts import convert_parts, rules_from_cfg
+
+    with pytest.raises(ArgumentError) as e:
+        bd.convert_model(nn.Sequential(nn.Conv2d(3, 4, 3), OwnConv(4, 4, 3)), "sign_symmetry")
+    assert (e.value.argument, e.value.value, e.value.index) == ("unsupported", "error", None)
+    assert str(e.value).startswith("unsupported='error' refuses 1 layer(s) of Sequential")
+    assert e.value.naming("MODEL.BIO.UNSUPPORTED").startswith(
+        "MODEL.BIO.UNSUPPORTED='error' refuses 1 layer(s) of Sequential that cannot learn"
+    )
+    # The integration's conversion by parts words the core's errors with the config keys.
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    bd.add_bio_config(cfg)
+    rules = rules_from_cfg(cfg)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), OwnConv(4, 4, 3))
+    keys = {"unsupported": "MODEL.BIO.UNSUPPORTED", "exclude": "MODEL.BIO.EXCLUDE"}
+    with pytest.raises(ValueError, match=r"^MODEL.BIO.UNSUPPORTED='error' refuses 1 layer"):
+        convert_parts(model, rules, keys=keys)
+    with pytest.raises(ValueError) as e:
+        convert_parts(model, rules, exclude=["^1$", "^2$"], keys=keys)
+    assert str(e.value).startswith("MODEL.BIO.EXCLUDE[1]='^2$' matches no convolution/Linear")
+    with pytest.raises(ValueError) as e:
+        convert_parts(model, rules, exclude=["("])
+    assert str(e.value).startswith("exclude[0]='(' is not a valid regular expression")
+
+
 def test_rules_of_is_truthful_about_attention():
     model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
     assert bd.rules_of(model) == {

@@ -9,7 +9,8 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
-from detectron2.modeling import build_model
+from detectron2.modeling import FPN, ResNet, build_model
+from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.utils.events import EventStorage
 
 import bio_detectron as bd
@@ -50,7 +51,7 @@ def test_bio_retinanet_backprop_equals_stock_retinanet_exactly(batch):
     cfg = instant_cfg("MODEL.BIO.RULE", "backprop")
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert type(model).__name__ == "BioRetinaNet"
+    assert type(model) is RetinaNet and type(model.head) is RetinaNetHead
     stock_cfg = cfg.clone()
     stock_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     stock_cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
@@ -144,6 +145,37 @@ def test_bad_config_values_are_named(opts, message):
     with pytest.raises(ValueError) as e:
         build_model(instant_cfg(*opts))
     assert message in str(e.value)
+
+
+def test_bio_retinanet_is_stock_retinanet_converted_whole():
+    cfg = instant_cfg("MODEL.BIO.RULE", "feedback_alignment", "MODEL.BIO.EXCLUDE", ["fpn_output"])
+    model = build_model(cfg)
+    assert type(model) is RetinaNet and type(model.head) is RetinaNetHead
+    assert type(model.backbone) is FPN and type(model.backbone.bottom_up) is ResNet
+    rules = bd.rules_of(model)
+    assert {n for n, r in rules.items() if r == "none"} == {
+        f"backbone.fpn_output{i}" for i in (3, 4, 5)
+    }
+    assert set(rules.values()) == {"feedback_alignment", "none"}
+
+
+@pytest.mark.parametrize("meta", ["RetinaNet", "GeneralizedRCNN"])
+def test_bio_backbone_under_a_meta_architecture_that_does_not_convert_is_refused(meta):
+    # It would train with plain backprop, silently: the builder names the meta-architecture to use.
+    with pytest.raises(ValueError) as e:
+        build_model(instant_cfg("MODEL.META_ARCHITECTURE", meta))
+    assert (
+        "MODEL.BACKBONE.NAME='build_bio_retinanet_resnet_fpn_backbone' is converted by the "
+        f"meta-architecture that holds it, but MODEL.META_ARCHITECTURE={meta!r} does not convert"
+    ) in str(e.value)
+    assert f"'BioPlausible' with MODEL.BIO.BASE_META_ARCHITECTURE {meta!r}" in str(e.value)
+    # Under BioPlausible the same backbone is converted, with the whole model.
+    cfg = instant_cfg(
+        "MODEL.META_ARCHITECTURE", "BioPlausible", "MODEL.BIO.BASE_META_ARCHITECTURE", "RetinaNet",
+        "MODEL.BIO.RULE", "sign_symmetry",
+    )  # fmt: skip
+    model = build_model(cfg)
+    assert type(model) is RetinaNet and set(bd.rules_of(model).values()) == {"sign_symmetry"}
 
 
 def test_unknown_part_key_is_named():

@@ -89,6 +89,27 @@ def test_stock_config_of_bio_plausible(tmp_path):
     )
 
 
+def test_stock_config_reads_stock_names_off_the_registered_builders():
+    # No table of names: a thin builder (a stock module, converted by the meta-architecture)
+    # carries the name of detectron2's builder, whoever registered it.
+    from detectron2.modeling import BACKBONE_REGISTRY
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    def build_my_thin_resnet(cfg, input_shape):
+        return build_resnet_backbone(cfg, input_shape)
+
+    build_my_thin_resnet.__module__ = "bio_detectron.tests_only"
+    if "build_my_thin_resnet" not in BACKBONE_REGISTRY:  # registries cannot unregister
+        BACKBONE_REGISTRY.register(build_my_thin_resnet)
+    builder = BACKBONE_REGISTRY.get("build_my_thin_resnet")
+    builder.stock_name = "build_resnet_backbone"
+    stock = stock_config(instant_cfg("MODEL.BACKBONE.NAME", "build_my_thin_resnet"))
+    assert stock.MODEL.BACKBONE.NAME == "build_resnet_backbone"
+    del builder.stock_name
+    with pytest.raises(ValueError, match="'build_my_thin_resnet' is built by bio_detectron"):
+        stock_config(instant_cfg("MODEL.BACKBONE.NAME", "build_my_thin_resnet"))
+
+
 def test_stock_config_refuses_what_has_no_stock_counterpart():
     with pytest.raises(ValueError, match="MODEL.RETINANET.HEAD_NAME='MyHead' has no stock"):
         stock_config(instant_cfg("MODEL.RETINANET.HEAD_NAME", "MyHead"))
@@ -233,7 +254,7 @@ def test_trained_model_exports_to_stock_detectron2(tmp_path):
     stock = _predict(tmp_path, paths["config"], [], images, "stock")
     converted = _predict(tmp_path, INSTANT, opts + ["MODEL.WEIGHTS", weights], images, "bio")
     assert not stock["bio_detectron_imported"] and converted["bio_detectron_imported"]
-    assert stock["model"] == "RetinaNet" and converted["model"] == "BioRetinaNet"
+    assert stock["model"] == converted["model"] == "RetinaNet"
     assert not any(c.startswith("bio_detectron") for c in stock["classes"])
     assert converted["rules"] == ["feedback_alignment"]
     assert len(stock["results"]) == 4

@@ -106,12 +106,28 @@ def _module_level_imports(tree):
     return names
 
 
-@pytest.mark.parametrize("module", ["rules", "layers", "convert"])
+CORE = sorted(
+    f[: -len(".py")]
+    for f in os.listdir(os.path.join(REPO, "bio_detectron", "core"))
+    if f.endswith(".py")
+)
+
+
+@pytest.mark.parametrize("module", CORE)
 def test_pure_pytorch_modules_import_nothing_of_detectron2(module):
-    path = os.path.join(REPO, "bio_detectron", f"{module}.py")
-    imports = _module_level_imports(ast.parse(open(path).read()))
-    assert "torch" in imports
+    path = os.path.join(REPO, "bio_detectron", "core", f"{module}.py")
+    tree = ast.parse(open(path).read())
+    imports = _module_level_imports(tree)
+    if module in ("rules", "layers", "convert"):
+        assert "torch" in imports
     assert not [m for m in imports if m.split(".")[0] == "detectron2"], imports
+    # Nor anything of the integration above it, from a function either.
+    upward = [
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 1
+    ]
+    assert not upward, upward
 
 
 # --- the configs, from the repository and from an installed package ---------------------------

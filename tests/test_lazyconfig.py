@@ -134,7 +134,7 @@ BAD = [
         {"exclude": ["(stem"]},
         ["MODEL.BIO.EXCLUDE", ["(stem"]],
         ("exclude", "MODEL.BIO.EXCLUDE"),
-        "{key}[0]='(stem' is not a valid regex",
+        "{key}[0]='(stem' is not a valid regular expression",
     ),
     (
         {"unsupported": "ignore"},
@@ -158,7 +158,7 @@ def test_bad_arguments_get_the_errors_of_model_bio(kwargs, opts, keys, message):
         build_model(yacs(QUICK, *opts))
     assert message.format(key=keys[0]) in str(lazy_error.value)
     assert message.format(key=keys[1]) in str(yacs_error.value)
-    # Beyond the key, the same words (BioRetinaNet checks exclude on its pieces, in a ModuleDict).
+    # Beyond the key, the same words: both convert the whole model in the same one pass.
     tail = str(yacs_error.value).split(keys[1], 1)[1].split(" of ")[0]
     assert tail in str(lazy_error.value)
 

@@ -17,6 +17,7 @@ from .rules import build_rule
 __all__ = [
     "UNSUPPORTED",
     "UNCONVERTIBLE_TYPES",
+    "ArgumentError",
     "convert_model",
     "convert_layers",
     "find_unsupported",
@@ -47,17 +48,32 @@ UNCONVERTIBLE_TYPES = (nn.MultiheadAttention, nn.RNNBase, nn.Bilinear)
 WEIGHT_READERS = {nn.MultiheadAttention: ("out_proj",)}
 
 
-def _compile(patterns: Patterns, arg: str) -> List["re.Pattern"]:
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        patterns = [patterns]
+class ArgumentError(ValueError):
+    """
+    A conversion refused for the value of one of its arguments: ``argument`` ("include",
+    "exclude" or "unsupported"), ``value`` the value at fault, ``index`` its place in a list of
+    patterns (None for the argument as a whole). :meth:`naming` says the same for a caller that
+    knows the argument by another name (a config key), so the core words no one else's keys.
+    """
+
+    def __init__(self, argument: str, value, detail: str, index: Optional[int] = None):
+        self.argument, self.value, self.detail, self.index = argument, value, detail, index
+        super().__init__(f"{argument}={value!r} {detail}")
+
+    def naming(self, name: str) -> str:
+        """The message with ``name`` (and the index of the value at fault) for the argument."""
+        index = "" if self.index is None else f"[{self.index}]"
+        return f"{name}{index}={self.value!r} {self.detail}"
+
+
+def _patterns(argument: str, given: Patterns) -> List["re.Pattern"]:
+    patterns = [given] if isinstance(given, str) else list(given or [])
     compiled = []
-    for p in patterns:
+    for i, p in enumerate(patterns):
         try:
             compiled.append(re.compile(p))
         except (re.error, TypeError) as e:
-            raise ValueError(f"{arg}={p!r} is not a valid regular expression: {e}") from e
+            raise ArgumentError(argument, p, f"is not a valid regular expression: {e}", i) from e
     return compiled
 
 
@@ -119,36 +135,65 @@ def convert_layers(
     rule_of: Callable[[str], object],
     *,
     seed: int = 0,
-    prefix: str = "",
+    include: Patterns = None,
+    exclude: Patterns = None,
     unsupported: str = "error",
 ) -> nn.Module:
     """
-    The one conversion routine behind :func:`convert_model` and the config and LazyConfig paths
-    (``bio_detectron.modeling.convert_parts``).
+    The one conversion of a whole model, behind :func:`convert_model` (one rule) and the
+    integration's conversion by parts (``MODEL.BIO``, :func:`bio_detectron.bio_plausible`): one
+    walk over the layers decides each layer's rule, checks that every ``include``/``exclude``
+    pattern matches a layer and finds the layers no rule could act on, before anything changes.
 
     Args:
-        model: a model, or a piece of one being built.
-        rule_of: full module name (``prefix`` + name) -> the layer's rule (name or object), or
-            None to leave the layer as it is.
-        seed: decides the rules' states, with each layer's full module name.
-        prefix: the piece's module name in the whole model, e.g. "backbone.".
+        model: a built model; module names are its ``named_modules()`` names, which also seed
+            each layer's state (``layer_seed``), so a layer has the same B whatever converts it.
+        rule_of: module name -> the layer's rule (name or object), or None to leave it alone.
+        seed: decides the rules' states, with each layer's module name.
+        include: if given, regexes (``re.search``); only the layers matching one are converted.
+        exclude: regexes of layers that are left alone.
         unsupported: one of :data:`UNSUPPORTED`.
+
+    Raises:
+        ArgumentError: a pattern that matches no layer, or (``unsupported`` "error") layers no
+            rule could act on; nothing is converted then.
     """
     if unsupported not in UNSUPPORTED:
-        raise ValueError(f"unsupported={unsupported!r} is not allowed; use one of {UNSUPPORTED}")
+        raise ArgumentError("unsupported", unsupported, f"is not allowed; use one of {UNSUPPORTED}")
+    includes, excludes = _patterns("include", include), _patterns("exclude", exclude)
+    layers = layers_of(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no convolution or nn.Linear layer to convert")
+    names = [n for n, _ in layers]
+    for argument, patterns in (("include", includes), ("exclude", excludes)):
+        for i, p in enumerate(patterns):
+            if not any(p.search(n) for n in names):
+                raise ArgumentError(
+                    argument,
+                    p.pattern,
+                    f"matches no convolution/Linear layer of {type(model).__name__}; its layers "
+                    f"are e.g. {names[:5]}",
+                    i,
+                )
     chosen = []
-    for name, m in layers_of(model):
-        rule = rule_of(prefix + name)
+    for name, m in layers:
+        if includes and not any(p.search(name) for p in includes):
+            continue
+        if any(p.search(name) for p in excludes):
+            continue
+        rule = rule_of(name)
         if rule is not None:
             chosen.append((name, m, build_rule(rule)))
     problems = find_unsupported(model, [n for n, _, _ in chosen])
     if problems:
-        listing = "; ".join(f"{prefix + n}: {r}" for n, r in problems.items())
+        listing = "; ".join(f"{n}: {r}" for n, r in problems.items())
         if unsupported == "error":
-            raise ValueError(
-                f"{len(problems)} layer(s) of {type(model).__name__} cannot learn with a rule: "
-                f"{listing}. Nothing was converted. Exclude them, or let them train with plain "
-                "autograd (convert_model(..., unsupported='skip'), MODEL.BIO.UNSUPPORTED 'skip')."
+            raise ArgumentError(
+                "unsupported",
+                unsupported,
+                f"refuses {len(problems)} layer(s) of {type(model).__name__} that cannot learn "
+                f"with a rule: {listing}. Nothing was converted. Exclude them, or let them train "
+                "with plain autograd ('skip').",
             )
         warnings.warn(
             f"{len(problems)} layer(s) of {type(model).__name__} keep plain autograd, as asked "
@@ -157,7 +202,7 @@ def convert_layers(
         )
     for name, m, rule in chosen:
         if name not in problems:
-            convert_layer(m, rule, seed=seed, name=prefix + name)
+            convert_layer(m, rule, seed=seed, name=name)
     return model
 
 
@@ -193,26 +238,14 @@ def convert_model(
         nn.Module: ``model``.
     """
     rule = build_rule(rule, **rule_options)
-    includes, excludes = _compile(include, "include"), _compile(exclude, "exclude")
-    names = [n for n, _ in layers_of(model)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no convolution or nn.Linear layer to convert")
-    for arg, patterns in (("include", includes), ("exclude", excludes)):
-        for p in patterns:
-            if not any(p.search(n) for n in names):
-                raise ValueError(
-                    f"{arg}={p.pattern!r} matches no convolution/Linear layer of "
-                    f"{type(model).__name__}; its layers are e.g. {names[:5]}"
-                )
-
-    def rule_of(name):
-        if includes and not any(p.search(name) for p in includes):
-            return None
-        if any(p.search(name) for p in excludes):
-            return None
-        return rule
-
-    return convert_layers(model, rule_of, seed=seed, unsupported=unsupported)
+    return convert_layers(
+        model,
+        lambda name: rule,
+        seed=seed,
+        include=include,
+        exclude=exclude,
+        unsupported=unsupported,
+    )
 
 
 def rules_of(model: nn.Module) -> Dict[str, str]:

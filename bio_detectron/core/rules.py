@@ -100,14 +100,13 @@ def feedback_scale(scale, weight: torch.Tensor):
     return float(scale)
 
 
-def parse_scale(value, key: str = "scale"):
+def parse_scale(value):
     """
     Validate a scale given in Python, a YAML config or on a command line.
 
     Args:
         value: one of :data:`SCALES`, a positive number, or a positive number written as a
             string (``"0.01"``).
-        key: how the caller names the value in an error, e.g. "MODEL.BIO.SCALE".
 
     Returns:
         str or float: the scale name or the number.
@@ -122,7 +121,7 @@ def parse_scale(value, key: str = "scale"):
             pass
     if not (number > 0 and math.isfinite(number)):
         raise ValueError(
-            f"{key}={value!r} is not allowed; use one of {SCALES} or a positive number"
+            f"scale={value!r} is not allowed; use one of {SCALES} or a positive number"
         )
     return number
 

@@ -23,7 +23,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from fvcore.common.registry import Registry
 from torch import nn
 
-from .parts import check_exclude, convert_from_cfg
+from .parts import convert_from_cfg
 
 __all__ = [
     "CLASSIFIER_REGISTRY",
@@ -262,9 +262,7 @@ def build_classifier(cfg, num_classes: int) -> ImageClassifier:
         )
     if num_classes < 1:
         raise ValueError(f"A classifier needs at least one class, got num_classes={num_classes}")
-    model = CLASSIFIER_REGISTRY.get(name)(cfg, num_classes=num_classes)
-    convert_from_cfg(model, cfg)
-    check_exclude(model, cfg.MODEL.BIO.EXCLUDE)
+    model = convert_from_cfg(CLASSIFIER_REGISTRY.get(name)(cfg, num_classes=num_classes), cfg)
     device = torch.device(cfg.MODEL.DEVICE)
     model.to(device)
     if cfg.MODEL.CLASSIFIER.CHANNELS_LAST and device.type == "cuda":

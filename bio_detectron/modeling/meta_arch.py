@@ -1,13 +1,13 @@
 """``BioPlausible`` (yacs) and ``bio_plausible`` (LazyConfig): any detectron2 model, trained with
-the configured rules. Both validate with :func:`~.parts.bio_args` and convert with
-:func:`~.parts.convert_parts`."""
+the configured rules. Both read their arguments with :func:`~.parts.bio_args` and convert the
+whole built model with :func:`~.parts.convert_parts`."""
 
 from typing import Mapping, Optional, Sequence
 
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from .parts import bio_args, check_exclude, convert_from_cfg, convert_parts
+from .parts import bio_args, convert_from_cfg, convert_parts
 
 __all__ = ["BioPlausible", "bio_plausible"]
 
@@ -31,10 +31,11 @@ def BioPlausible(cfg):
             f"MODEL.BIO.BASE_META_ARCHITECTURE={name!r} is not a meta-architecture to wrap; "
             f"registered: {known}"
         )
-    model = META_ARCH_REGISTRY.get(name)(cfg)
-    convert_from_cfg(model, cfg)
-    check_exclude(model, cfg.MODEL.BIO.EXCLUDE)
-    return model
+    return convert_from_cfg(META_ARCH_REGISTRY.get(name)(cfg), cfg)
+
+
+# Builds the whole model and converts it: the bio backbone builders may be used under it.
+BioPlausible.converts_whole_model = True
 
 
 def bio_plausible(
@@ -74,6 +75,4 @@ def bio_plausible(
             "LazyConfig, pass the lazy model config itself: instantiate builds it first"
         )
     args = bio_args(rule, parts, scale=scale, seed=seed, exclude=exclude, unsupported=unsupported)
-    convert_parts(model, **args)
-    check_exclude(model, args["exclude"], key="exclude")
-    return model
+    return convert_parts(model, **args)
