@@ -64,14 +64,17 @@ class FeedbackLayer(FeedbackCheckpointMixin):
     torchvision checkpoint), right after that weight is loaded. A checkpoint that carries
     ``feedback`` made by the same rule (same options) restores it exactly (resume, hand-off); one
     made by another rule or with other options is replaced the same way, with a warning naming
-    the layer. The trainers' DistributedDataParallel wrapper makes it again from rank 0's weights
-    once it has broadcast them, except where a checkpoint restored it, so every process has the
-    same B without communication. A forward pass never makes it, so ``torch.compile`` traces no
-    generator. After changing weights by hand, :func:`make_feedback_now` makes it again.
+    the layer. The trainers' DistributedDataParallel wrapper (``bio_detectron.engine``'s
+    ``create_ddp_model``) makes it again from rank 0's weights once it has broadcast them, except
+    where a checkpoint restored it, so every process has the same B without communication (with
+    a wrapper of your own: ``make_feedback_now(model, keep_restored=True)`` after wrapping). A
+    forward pass never makes it, so ``torch.compile`` traces no generator. After changing weights
+    by hand, :func:`make_feedback_now` makes it again.
     """
 
     learning_rule: LearningRule
     _bio_base: type  # the class the layer had before conversion (set on converted classes)
+    _feedback_restored = False  # True while ``feedback`` is a checkpoint's, not made from W
 
     @property
     def rule(self) -> str:
@@ -90,7 +93,7 @@ class FeedbackLayer(FeedbackCheckpointMixin):
         self.bio_seed, self.bio_name = int(seed), name
         self._buffers.pop("feedback", None)
         self._parameters.pop("feedback", None)
-        self._feedback_restored = False  # True while it is a checkpoint's, not made from W
+        self._feedback_restored = False
         feedback = self._make_feedback()
         if feedback is None:
             return
