@@ -77,7 +77,8 @@ RULE_REGISTRY = RuleRegistry("BIO_RULE")
 #             (sqrt(2 / (k_h * k_w * C_out)) for a Conv2d: the seed paper's code), and
 #             1 / sqrt(fan_in) for a linear layer.
 #   mean_abs: mean |W| of the layer, so that |B| follows the size of W. Rules whose B changes with W
-#             recompute it at every backward pass; rules with a state read W when they make it.
+#             recompute it at every backward pass; rules with a feedback tensor read W when they
+#             make it.
 SCALES = ("kaiming", "mean_abs")
 
 
