@@ -1,5 +1,6 @@
-"""torch.compile of converted models: whole graphs for every rule, one compilation per mode, the
-rule's gradients, the hooks, the trainers' switch, and a clear error where compiling cannot work.
+"""torch.compile of converted models: whole graphs for every rule, through compile_model and
+through a plain torch.compile(model), one compilation per mode, the rule's gradients, the hooks,
+the trainers' switch, and a clear error where compiling cannot work.
 
 Most tests compile with the "aot_eager" backend: dynamo and AOTAutograd trace exactly as with
 Inductor (graph breaks and recompilations are decided there), without Inductor's code generation,
