@@ -97,14 +97,19 @@ def test_compiled_rows_and_their_phases(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text().splitlines()[-1])
-    compiled = {
-        "native (compiled)",
-        "bare autograd.Function (compiled)",
-        "kolen_pollack (compiled)",
+    compared_with = {  # compile_model's rows, and plain torch.compile(model)'s beside them
+        "native (compiled)": "native (compiled)",
+        "bare autograd.Function (compiled)": "native (compiled)",
+        "kolen_pollack (compiled)": "native (compiled)",
+        "native (torch.compile)": "native (compiled)",
+        "kolen_pollack (torch.compile)": "native (torch.compile)",
     }
-    assert set(record["variants"]) == {"native"} | compiled
-    assert record["compile_backend"] == "aot_eager" and set(record["compiled_phases"]) == compiled
-    for name in compiled:
+    variants = record["variants"]
+    assert set(variants) == {"native"} | set(compared_with)
+    assert {name: variants[name]["compared_with"] for name in compared_with} == compared_with
+    assert record["compile_backend"] == "aot_eager" and record["plain_compile"] is True
+    assert set(record["compiled_phases"]) == set(compared_with)
+    for name in compared_with:
         phases = record["compiled_phases"][name]
         # Both phases are measured and reported; how they compare depends on the CPU and its load
         # (on a Xeon with AMX the optimizer phase once took longer), so no relation is asserted.

@@ -1,6 +1,7 @@
-"""When a rule's state B is made, and what a checkpoint restores (README: "Processes and
-checkpoints"): B is made from the weights training starts from; a checkpoint carrying B made by the
-same rule restores it exactly; one without B gets B made from its weights; one whose B came from
+"""When a rule's feedback tensor is made, and what a checkpoint restores (docs/usage.md,
+"Processes and checkpoints"): it is made when the weights it describes are set (conversion, a
+checkpoint's weights loaded), never by a forward pass; a checkpoint carrying it made by the same
+rule restores it exactly; one without it gets it made from its weights; one whose came from
 another rule or other options is not taken, with a warning naming the layer."""
 
 import copy
@@ -32,21 +33,17 @@ def _signed_init(w):  # feedback_alignment_signed_init, scale mean_abs: sign(W0)
     return torch.sign(w) * w.abs().mean()
 
 
-def test_state_is_made_from_the_weights_at_the_first_training_forward():
+def test_feedback_is_made_at_conversion_and_never_by_a_forward_pass():
     net = _model(scale="mean_abs")
+    w0 = net[0].weight.detach().clone()
+    torch.testing.assert_close(net[0].feedback, _signed_init(w0))
     with torch.no_grad():
         for p in net.parameters():
-            p.mul_(-3.0)  # e.g. a checkpoint loaded, or DDP's broadcast of rank 0's weights
-        net(torch.randn(2, 3, 8, 8))  # evaluation: makes nothing
-    w0 = net[0].weight.detach().clone()
-    assert not torch.allclose(net[0].feedback, _signed_init(w0))
+            p.mul_(-3.0)  # weights changed by hand, not loaded: B is not made again ...
+        net(torch.randn(2, 3, 8, 8))  # ... by evaluation
+    _train_step(net)  # ... nor by training
+    torch.testing.assert_close(net[0].feedback, _signed_init(w0))
     torch.testing.assert_close(net[0].feedback_weight(), _signed_init(w0))  # what it will use
-    _train_step(net)
-    torch.testing.assert_close(net[0].feedback, _signed_init(w0))
-    with torch.no_grad():
-        net[0].weight.add_(1.0)
-    _train_step(net)  # made once: training moves W, not B
-    torch.testing.assert_close(net[0].feedback, _signed_init(w0))
 
 
 def test_checkpoint_without_feedback_gets_feedback_from_its_weights():
@@ -60,12 +57,16 @@ def test_checkpoint_without_feedback_gets_feedback_from_its_weights():
     _train_step(net)  # B made from the random init ...
     result = net.load_state_dict(stock.state_dict(), strict=True)  # ... then a stock checkpoint
     assert result.missing_keys == [] and result.unexpected_keys == []
-    _train_step(net)
+    expected = {}
     for i in (0, 2, 4):
         w = stock[i].weight.detach()
         g = torch.Generator().manual_seed(layer_seed(0, str(i)))
-        expected = torch.randn(w.shape, generator=g) * w.abs().mean()
-        torch.testing.assert_close(net[i].feedback, expected)
+        expected[i] = torch.randn(w.shape, generator=g) * w.abs().mean()
+        torch.testing.assert_close(net[i].feedback, expected[i])  # made as the weight loaded
+        assert not net[i]._feedback_restored
+    _train_step(net)
+    for i in (0, 2, 4):
+        torch.testing.assert_close(net[i].feedback, expected[i])
 
 
 def test_checkpoint_of_the_same_rule_restores_feedback_exactly(caplog):
@@ -125,7 +126,7 @@ def test_tags_survive_torch_save_and_detectron2_checkpointer(tmp_path):
     DetectionCheckpointer(a, save_dir=str(tmp_path)).save("ckpt")
     b = _model(rule="feedback_alignment", scale="mean_abs", seed=2)
     DetectionCheckpointer(b).load(str(tmp_path / "ckpt.pth"))
-    assert not b[0]._feedback_pending
+    assert b[0]._feedback_restored
     assert torch.equal(b[0].feedback, a[0].feedback)
     torch.save(a.state_dict(), tmp_path / "sd.pth")
     metadata = torch.load(tmp_path / "sd.pth")._metadata
@@ -156,13 +157,29 @@ def test_make_feedback_now():
         net[2].weight.neg_()
     bd.make_feedback_now(net)
     torch.testing.assert_close(net[2].feedback, _signed_init(net[2].weight.detach()))
-    assert not net[2]._feedback_pending
+    assert not net[2]._feedback_restored
 
 
-def test_deepcopy_keeps_pending_state():
-    net = _model(scale="mean_abs")
-    clone = copy.deepcopy(net)
+def test_make_feedback_now_can_keep_what_a_checkpoint_restored():
+    a = _model(rule="feedback_alignment", seed=1)
+    b = _model(rule="feedback_alignment", seed=2)
+    b.load_state_dict(a.state_dict())
+    b.add_module("5", bd.convert_model(nn.Linear(3, 2), "feedback_alignment", scale="mean_abs"))
     with torch.no_grad():
-        clone[0].weight.mul_(-1)
-    _train_step(clone)
-    torch.testing.assert_close(clone[0].feedback, _signed_init(clone[0].weight.detach()))
+        b[5].weight.neg_()
+    bd.make_feedback_now(b, keep_restored=True)
+    assert torch.equal(b[0].feedback, a[0].feedback)
+    w = b[5].weight.detach()
+    g = torch.Generator().manual_seed(layer_seed(0, ""))
+    torch.testing.assert_close(b[5].feedback, torch.randn(w.shape, generator=g) * w.abs().mean())
+
+
+def test_deepcopy_keeps_feedback_and_where_it_came_from():
+    a = _model(rule="feedback_alignment", seed=1)
+    b = _model(rule="feedback_alignment", seed=2)
+    b.load_state_dict(a.state_dict())
+    clone = copy.deepcopy(b)
+    assert clone[0]._feedback_restored and torch.equal(clone[0].feedback, a[0].feedback)
+    made = copy.deepcopy(_model(scale="mean_abs"))
+    assert not made[0]._feedback_restored
+    torch.testing.assert_close(made[0].feedback, _signed_init(made[0].weight.detach()))

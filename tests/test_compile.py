@@ -1,5 +1,6 @@
-"""torch.compile of converted models: whole graphs for every rule, one compilation per mode, the
-rule's gradients, the hooks, the trainers' switch, and a clear error where compiling cannot work.
+"""torch.compile of converted models: whole graphs for every rule, through compile_model and
+through a plain torch.compile(model), one compilation per mode, the rule's gradients, the hooks,
+the trainers' switch, and a clear error where compiling cannot work.
 
 Most tests compile with the "aot_eager" backend: dynamo and AOTAutograd trace exactly as with
 Inductor (graph breaks and recompilations are decided there), without Inductor's code generation,
@@ -123,24 +124,84 @@ def test_a_checkpoint_restores_the_feedback_of_a_compiled_model_without_recompil
     assert set(model.state_dict()) == set(state)  # the stock keys: no _orig_mod. prefix
 
 
-def test_feedback_made_inside_the_graph_would_break_it_which_compile_model_avoids():
-    # torch.compile alone meets the feedback tensors still to be made at the first training step
-    # inside its graph: the seeded generator breaks it there (the values are still right).
-    model, reference = _net("kolen_pollack"), _net("kolen_pollack")
-    model.forward = torch.compile(model.forward, backend="aot_eager")
+def _resnet18(rule):
+    import torchvision
+
+    torch.manual_seed(0)
+    options = {} if rule == "backprop" else {"scale": "mean_abs"}
+    return bd.convert_model(torchvision.models.resnet18(num_classes=5), rule, **options)
+
+
+def _plain_compile_breaks(model, steps=2):
+    """Graph breaks of ``torch.compile(model)`` (no compile_model) in its first training steps."""
     torch._dynamo.reset()
     counters.clear()
-    got, expected = _train(model, _batches(2)), _train(reference, _batches(2))
-    assert _compile_counts()[0] > 0
-    torch.testing.assert_close(got[1]["input"], expected[1]["input"], rtol=1e-5, atol=1e-6)
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 5, (2,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        opt.step()
+    return sum(counters["graph_break"].values())
 
 
-def test_no_cpp_compiler_is_an_error_naming_the_key(monkeypatch):
+@pytest.mark.parametrize("rule", RULES)
+def test_plain_torch_compile_of_every_rule_has_no_graph_break_and_the_rules_gradients(rule):
+    # torch.compile(model), the call every PyTorch user types: the feedback tensor is made when
+    # the weights are set, so the forward holds no generator that would break the graph.
+    eager, model = _net(rule), _net(rule)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="aot_eager")
+    batches = _batches(2)
+    got = [
+        {k.replace("_orig_mod.", ""): v for k, v in step.items()}
+        for step in _train(compiled, batches)
+    ]
+    expected = _train(eager, batches)
+    assert _compile_counts() == (0, 1)
+    for step_got, step_expected in zip(got, expected):
+        assert step_got.keys() == step_expected.keys()
+        for name in step_got:
+            torch.testing.assert_close(step_got[name], step_expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", RULES)
+def test_plain_torch_compile_of_a_converted_resnet18_has_no_graph_break(rule):
+    assert _plain_compile_breaks(_resnet18(rule)) == 0
+
+
+def test_feedback_made_in_the_forward_would_break_a_plain_torch_compile(monkeypatch):
+    # What the tests above guard against: a feedback tensor made inside the training forward,
+    # with a seeded generator (as when it was made lazily), breaks the graph there.
+    from bio_detectron.core.layers import FeedbackLayer
+
+    for_backward = FeedbackLayer._feedback_for_backward
+
+    def made_lazily(self):
+        self.make_feedback_now()
+        return for_backward(self)
+
+    model = _net("feedback_alignment")
+    assert _plain_compile_breaks(model, steps=1) == 0
+    monkeypatch.setattr(FeedbackLayer, "_feedback_for_backward", made_lazily)
+    assert _plain_compile_breaks(_net("feedback_alignment"), steps=1) > 0
+
+
+def test_no_cpp_compiler_is_an_error_and_the_hook_names_the_key(monkeypatch):
+    from bio_detectron.engine.hooks import CompileHook
+
     monkeypatch.setattr(bio_compile.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(RuntimeError, match="MODEL.BIO.COMPILE: torch.compile .* C\\+\\+ compiler"):
-        bd.compile_model(_net("sign_symmetry"), key="MODEL.BIO.COMPILE")
-    with pytest.raises(ValueError, match="mode 'fast' is not one of"):
+    with pytest.raises(RuntimeError, match="^torch.compile .* C\\+\\+ compiler"):
+        bd.compile_model(_net("sign_symmetry"))
+    hook = CompileHook(_net("sign_symmetry"), key="MODEL.BIO.COMPILE")
+    with pytest.raises(RuntimeError, match="^MODEL.BIO.COMPILE: torch.compile .* C\\+\\+ compiler"):
+        hook.before_train()
+    with pytest.raises(ValueError, match="^mode 'fast' is not one of"):
         bd.compile_model(_net("sign_symmetry"), mode="fast")
 
 

@@ -276,6 +276,64 @@ def test_pretrained_feedback_is_made_from_the_loaded_weights(agreement, pretrain
         torch.testing.assert_close(B, torch.sign(W) * W.abs().mean(), rtol=1e-6, atol=0)
 
 
+def _ddp_feedback_worker(checkpoint, output_dir):
+    """create_ddp_model on a plain PyTorch model: each process converts its own random init."""
+    from detectron2.utils import comm
+    from torch import nn
+
+    from bio_detectron.engine.ddp import create_ddp_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(comm.get_rank())
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    made = bd.convert_model(net, "feedback_alignment_signed_init", scale="mean_abs")
+    restored = bd.convert_model(nn.Linear(5, 3), "kolen_pollack")
+    restored.load_state_dict(torch.load(checkpoint))  # a trained B, the same in every process
+    before = made[0].feedback.clone()
+    create_ddp_model(made, broadcast_buffers=False)
+    create_ddp_model(restored, broadcast_buffers=False)
+    gathered = comm.all_gather(
+        {
+            "made": {n: b for n, b in made.named_buffers() if n.endswith("feedback")},
+            "weights": {n: p.detach() for n, p in made.named_parameters()},
+            "made_before": before,
+            "restored": restored.feedback.detach(),
+        }
+    )
+    if comm.is_main_process():
+        torch.save(gathered, os.path.join(output_dir, "gathered.pth"))
+
+
+def test_ddp_wrapping_makes_feedback_from_the_broadcast_weights_and_keeps_a_checkpoints(
+    tmp_path, monkeypatch
+):
+    from detectron2.engine import launch
+    from torch import nn
+
+    torch.manual_seed(9)
+    trained = bd.convert_model(nn.Linear(5, 3), "kolen_pollack")
+    with torch.no_grad():
+        trained.feedback.add_(1.0)  # as training would move it: not what W would make
+    checkpoint = str(tmp_path / "kp.pth")
+    torch.save(trained.state_dict(), checkpoint)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo on CPU even on a machine with a GPU
+    launch(_ddp_feedback_worker, 2, dist_url="auto", args=(checkpoint, str(tmp_path)))
+    rank0, rank1 = torch.load(str(tmp_path / "gathered.pth"))
+    # Each process converted its own init (a B that depends on W differs) ...
+    assert not torch.equal(rank0["made_before"], rank1["made_before"])
+    # ... and has rank 0's weights and the B made from them after wrapping.
+    for name, w in rank0["weights"].items():
+        assert torch.equal(w, rank1["weights"][name]), name
+    for name, b in rank0["made"].items():
+        assert torch.equal(b, rank1["made"][name]), name
+        w = rank0["weights"][name[: -len("feedback")] + "weight"]
+        torch.testing.assert_close(b, torch.sign(w) * w.abs().mean(), rtol=1e-6, atol=0)
+    assert len(rank0["made"]) == 2
+    # A checkpoint's (trained) feedback is kept, not made again from W.
+    assert torch.equal(rank0["restored"], trained.feedback.detach())
+    assert torch.equal(rank1["restored"], trained.feedback.detach())
+
+
 def test_fixed_random_feedback_follows_seed_and_name(agreement):
     # feedback_alignment/kaiming: B ~ N(0, s^2) from the layer's own generator, whatever the
     # process or the initial weights.

@@ -172,7 +172,7 @@ def test_stock_checkpoint_loads_strictly_into_converted_model():
     }
 
 
-def test_reconversion_changes_rule_and_state():
+def test_reconversion_changes_rule_and_feedback():
     net = bd.convert_model(_small_net(), "feedback_alignment")
     bd.convert_model(net, "sign_symmetry", include=r"^[03]$")
     assert bd.rules_of(net)["0"] == "sign_symmetry"

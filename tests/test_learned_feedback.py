@@ -161,7 +161,7 @@ def test_kolen_pollack_state_saved_and_resumed_exactly(tmp_path):
     resumed = _net("kolen_pollack", seed=7)  # other weights and another random B
     resumed_opt = torch.optim.SGD(resumed.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05)
     Checkpointer(resumed, str(tmp_path), optimizer=resumed_opt).load(str(tmp_path / "ckpt.pth"))
-    assert not resumed.conv1._feedback_pending  # the checkpoint's B, not one made again
+    assert resumed.conv1._feedback_restored  # the checkpoint's B, not one made again
     for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     torch.manual_seed(3)

@@ -33,7 +33,7 @@ class TrainedFeedback(LearningRule):
 RULES = bd.available_rules() + [TrainedFeedback()]
 RULE_IDS = [r if isinstance(r, str) else r.name for r in RULES]
 # What a converted layer adds to its module's __dict__ (layers._LAYER_ATTRIBUTES).
-LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending")
+LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_restored")
 
 
 class EveryLayer(nn.Module):
@@ -104,7 +104,7 @@ def _assert_stock(model, stock):
     assert list(model.state_dict()) == list(stock.state_dict())
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in stock.named_parameters()]
     metadata = model.state_dict()._metadata
-    assert not any(bd.core.layers.METADATA_KEY in v for v in metadata.values())
+    assert not any(bd.core.checkpointing.METADATA_KEY in v for v in metadata.values())
     assert set(bd.rules_of(model).values()) == {"none"}
 
 

@@ -119,7 +119,7 @@ def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule
     second = ClassificationTrainer(_classification_cfg(tmp_path, root, rule, 4))
     second.resume_or_load(resume=True)
     model = second.unwrapped_model
-    assert second.start_iter == 2 and not model.backbone.bottom_up.stem.conv1._feedback_pending
+    assert second.start_iter == 2 and model.backbone.bottom_up.stem.conv1._feedback_restored
     state = model.state_dict()
     assert sum(k.endswith(".feedback") for k in state) == 20  # the 20 convs; fc is backprop
     for k, v in state.items():

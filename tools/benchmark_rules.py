@@ -30,7 +30,11 @@ defined in Python, which every rule's layers carry.
 Compiled rows (--compile): every variant again, compiled as the trainers compile it
 (bio_detectron.compile_model: the whole classifier; RetinaNet's backbone and head), each rule's
 ratio taken to the compiled unconverted model ("native (compiled)"), in the same interleaved
-rounds as the eager rows. Compiling happens in the warm-up steps, which are not timed.
+rounds as the eager rows. Beside them (--no-plain-compile to leave them out), the unconverted model
+and every rule under a plain ``torch.compile(model)``, the call every PyTorch user types, with the
+same mode and backend and none of compile_model's choices: each rule's ratio is to the unconverted
+model compiled the same way ("native (torch.compile)"), whose own ratio is to "native (compiled)".
+Compiling happens in the warm-up steps, which are not timed.
 
 Evaluation rows: the same model in eval mode under ``torch.no_grad()``, converted with each rule
 (--eval-rules, default sign_symmetry) against the unconverted model; converted layers then run the
@@ -331,6 +335,10 @@ def main():
         help="torch.compile's backend for --compile (aot_eager: tracing only, for tests)",
     )  # fmt: skip
     parser.add_argument(
+        "--no-plain-compile", dest="plain_compile", action="store_false",
+        help="with --compile: leave out the plain torch.compile(model) rows",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-eager", dest="eager_rows", action="store_false",
         help="with --compile: leave out the eager training rows (native stays, as the yardstick)",
     )  # fmt: skip
@@ -392,16 +400,21 @@ def main():
         for rule in args.rules:
             model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
             compiled[f"{rule} (compiled)"] = model
-        if bd.core.compile.inductor_defaults(device, args.compile_backend) is not None:
-            # The stock model as torch.compile compiles it with its own defaults, for reference:
-            # compile_model's Inductor options differ on it (compile.inductor_defaults).
-            stock = copy.deepcopy(base)
-            kwargs = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
-            stock.forward = torch.compile(stock.forward, backend=args.compile_backend, **kwargs)
-            variants["native (torch.compile defaults)"] = make_step(
-                stock, batch, loss_fn, device, amp_dtype
-            )
-            reference["native (torch.compile defaults)"] = "native (compiled)"
+        plain = {}  # name -> a model to pass through torch.compile(model) alone
+        if args.plain_compile:
+            plain["native (torch.compile)"] = copy.deepcopy(base)
+            reference["native (torch.compile)"] = "native (compiled)"
+            for rule in args.rules:
+                model = bd.convert_model(
+                    copy.deepcopy(base), rule, **rule_options(rule, args.scale)
+                )
+                plain[f"{rule} (torch.compile)"] = model
+                reference[f"{rule} (torch.compile)"] = "native (torch.compile)"
+        kwargs = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
+        for name, model in plain.items():
+            model = torch.compile(model, backend=args.compile_backend, **kwargs)
+            phases[name] = {}
+            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype, phases[name])
         for name, model in compiled.items():
             bd.compile_model(
                 model, mode=args.compile_mode, backend=args.compile_backend, device=device
@@ -467,6 +480,7 @@ def main():
             "median_step_s": statistics.median(ts),
             "ratio_to_native": ratio,
             "ratio_95_interval": [low, high],
+            "compared_with": reference[name],
         }
         print(
             f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x | "
@@ -476,15 +490,16 @@ def main():
     if phases:
         # Where a compiled rule's extra time goes: its forward and backward (the rule's B made in
         # the graph, its backward) and its optimizer step (Kolen-Pollack: B's update too).
-        base_phases = phases["native (compiled)"]
-        print("\nCompiled rows by phase, median ms per step (+ ms over native (compiled)):")
+        print(
+            "\nCompiled rows by phase, median ms per step (+ ms over the row it is compared with):"
+        )
         print(f"| {'variant':<32} | {'forward+backward':>22} | {'optimizer step':>22} |")
         print(f"|{'-' * 34}|{'-' * 24}|{'-' * 24}|")
         for name, p in phases.items():
             cells, breakdown[name] = [], {}
             for phase in ("forward+backward", "optimizer"):
                 median = statistics.median(p[phase])
-                extra = median - statistics.median(base_phases[phase])
+                extra = median - statistics.median(phases[reference[name]][phase])
                 breakdown[name][phase + "_s"] = median
                 cells.append(f"{median * 1e3:9.1f} ({extra * 1e3:+7.1f})")
             print(f"| {name:<32} | {cells[0]:>22} | {cells[1]:>22} |")
@@ -500,6 +515,7 @@ def main():
             "scale": args.scale,
             "compile_mode": args.compile_mode if args.compile else None,
             "compile_backend": args.compile_backend if args.compile else None,
+            "plain_compile": args.compile and args.plain_compile,
             "rounds": args.rounds,
             "steps": args.steps,
             "device": device_name,

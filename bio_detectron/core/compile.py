@@ -2,16 +2,17 @@
 ``torch.compile`` for converted models: every rule compiles into whole graphs.
 
 A converted layer's rule runs through one ``torch.autograd.Function`` per layer, which dynamo
-traces into the graph with its backward, so that compiling gives no graph break. Two things only
-this package can do first:
+traces into the graph with its backward; the feedback tensor is made when the weights are set,
+never in a forward pass. So a plain ``torch.compile(model)`` gives no graph break, and
+:func:`compile_model` is not needed for that. What only it adds:
 
-* **the feedback tensor**: a rule's fixed or starting B is made from the weights training starts
-  from, at the first training step, with a generator seeded per layer; a compiled graph cannot
-  hold such a generator, so :func:`compile_model` makes it before compiling (the weights are the
-  ones training starts from: call it after loading a checkpoint, as the trainers do);
 * **which modules**: for detectors, the parts with static shapes (the backbone with its FPN, the
   RetinaNet/FCOS head, the RPN head), while losses, anchor matching and post-processing stay
-  eager; for any other model, the whole model.
+  eager (compiled whole, a detector's data-dependent parts recompile and break graphs); for any
+  other model, the whole model, or the parts it names in ``bio_compile_targets``;
+* **the CPU Inductor options** of :func:`inductor_defaults`, and a check that the platform can
+  compile (:func:`check_compile`) before the first step rather than deep inside it;
+* **a check that the compiled modules ran** (:func:`uncalled_compiled`).
 
 A module is compiled in place: its ``forward`` becomes ``torch.compile(forward)``. State-dict keys
 stay the stock ones (no ``_orig_mod.`` prefix), checkpoints load into compiled and eager models
@@ -30,7 +31,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .convert import make_feedback_now
 from .layers import is_converted
 
 __all__ = [
@@ -58,7 +58,7 @@ def _module_at(model: nn.Module, path: str) -> Optional[nn.Module]:
     return module if isinstance(module, nn.Module) else None
 
 
-def compile_targets(model: nn.Module, key: str = "compile") -> List[Tuple[str, nn.Module]]:
+def compile_targets(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """
     Returns:
         list[(str, nn.Module)]: what :func:`compile_model` compiles by default: the paths a model
@@ -72,7 +72,7 @@ def compile_targets(model: nn.Module, key: str = "compile") -> List[Tuple[str, n
         missing = [path for path, module in found if module is None]
         if missing:
             raise ValueError(
-                f"{key}: {type(model).__name__}.bio_compile_targets names {missing}, which are "
+                f"{type(model).__name__}.bio_compile_targets names {missing}, which are "
                 "not modules of the model"
             )
         return found
@@ -107,9 +107,9 @@ def _cpp_compiler() -> Optional[str]:
     return None
 
 
-def check_compile(device, backend: str = "inductor", key: str = "compile") -> None:
+def check_compile(device, backend: str = "inductor") -> None:
     """
-    Raise a RuntimeError naming ``key`` when this platform cannot compile for ``device`` with
+    Raise a RuntimeError when this platform cannot compile for ``device`` with
     ``backend``: Inductor needs a C++ compiler for the CPU and Triton for CUDA. (Without the check
     the first training step would fail deep inside Inductor.)
     """
@@ -118,12 +118,12 @@ def check_compile(device, backend: str = "inductor", key: str = "compile") -> No
     device = torch.device(device)
     if device.type == "cpu" and _cpp_compiler() is None:
         raise RuntimeError(
-            f"{key}: torch.compile (Inductor) needs a C++ compiler to compile for the CPU, and "
+            "torch.compile (Inductor) needs a C++ compiler to compile for the CPU, and "
             "none was found (CXX, g++, clang++, c++ on PATH). Install one, or turn compiling off."
         )
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
         raise RuntimeError(
-            f"{key}: torch.compile (Inductor) needs Triton to compile for CUDA, which is not "
+            "torch.compile (Inductor) needs Triton to compile for CUDA, which is not "
             "installed. Install it (pip install triton), or turn compiling off."
         )
 
@@ -153,43 +153,40 @@ def compile_model(
     mode: str = "default",
     backend: str = "inductor",
     device=None,
-    key: str = "compile",
     **options,
 ) -> Dict[str, nn.Module]:
     """
-    Make the feedback tensors that are still due now, from the current weights (as the first
-    training step would; a checkpoint's are kept), then ``torch.compile`` the modules of ``model``
-    in place.
+    ``torch.compile`` the modules of ``model`` in place: a detector's static-shape parts (or those
+    ``modules`` names), with the CPU Inductor options of :func:`inductor_defaults`, after checking
+    that the platform can compile. ``torch.compile(model)`` works on a converted model too; this
+    adds only that choice of modules, those options and the checks (see the module doc).
 
     Args:
-        model: a model (unwrapped from DistributedDataParallel), with its training weights loaded.
+        model: a model (unwrapped from DistributedDataParallel).
         modules: attribute paths of the modules to compile, "" for the model itself; default
             :func:`compile_targets`.
         mode, backend, options: ``torch.compile``'s.
         device: where the model trains (for :func:`check_compile`); default its parameters'.
-        key: how errors name the switch that asked for compiling, e.g. "MODEL.BIO.COMPILE".
 
     Returns:
         dict[str, nn.Module]: the compiled modules by path.
     """
     if mode not in COMPILE_MODES:
-        raise ValueError(f"{key}: mode {mode!r} is not one of torch.compile's {COMPILE_MODES}")
+        raise ValueError(f"mode {mode!r} is not one of torch.compile's {COMPILE_MODES}")
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else "cpu"
-    check_compile(device, backend, key)
+    check_compile(device, backend)
     if modules is None:
-        targets = compile_targets(model, key)
+        targets = compile_targets(model)
     else:
         targets = [(path, _module_at(model, path)) for path in modules]
         for path, module in targets:
             if module is None:
-                raise ValueError(f"{key}: {type(model).__name__} has no module {path!r}")
+                raise ValueError(f"{type(model).__name__} has no module {path!r}")
     for path, module in targets:
         if getattr(module, "_bio_compiled", False):
-            raise ValueError(f"{key}: {path or type(model).__name__} is compiled already")
-    for _, module in targets:
-        make_feedback_now(module, pending_only=True)
+            raise ValueError(f"{path or type(model).__name__} is compiled already")
     kwargs = dict(options, backend=backend)
     inductor_options = inductor_defaults(device, backend, mode)
     if inductor_options is not None:

@@ -268,19 +268,18 @@ def rules_of(model: nn.Module) -> Dict[str, str]:
     return rules
 
 
-def make_feedback_now(model: nn.Module, pending_only: bool = False) -> nn.Module:
+def make_feedback_now(model: nn.Module, keep_restored: bool = False) -> nn.Module:
     """
-    Make every converted layer's feedback tensor from its current weights now, instead of at its
-    first training forward pass (see :class:`~bio_detectron.core.layers.FeedbackLayer`). Useful only
-    where weights change between that pass and the moment B should describe; the trainers need
-    no call.
+    Make every converted layer's feedback tensor from its current weights now (see
+    :class:`~bio_detectron.core.layers.FeedbackLayer`): conversion and loading a checkpoint make
+    it already; call this after changing weights by hand, so that B describes them.
 
     Args:
-        pending_only: only the tensors still due, i.e. what the next training forward would make:
-            not those a checkpoint restored or a training step made.
+        keep_restored: keep the feedback tensors that a checkpoint restored (made by the same
+            rule), remaking only those made from weights.
     """
     for _, m in model.named_modules():
-        if isinstance(m, FeedbackLayer) and (m._feedback_pending or not pending_only):
+        if isinstance(m, FeedbackLayer) and not (keep_restored and m._feedback_restored):
             m.make_feedback_now()
     return model
 

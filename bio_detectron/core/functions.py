@@ -20,16 +20,17 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
-def _feedback_for(rule, weight, state, input):
+def _feedback_weight(rule, weight, feedback, input):
     """
-    B for one backward pass, as (M, s): B = M * s, s applied by the caller to the input gradient,
-    or (B, None). A scalar factor of B is applied to whichever of M and the input gradient (shaped
-    like ``input``) is smaller: one elementwise pass less for sign-symmetry's sign(W) * s.
+    B for one backward pass, made from W and the layer's feedback tensor, as (M, s): B = M * s, s
+    applied by the caller to the input gradient, or (B, None). A scalar factor of B is applied to
+    whichever of M and the input gradient (shaped like ``input``) is smaller: one elementwise pass
+    less for sign-symmetry's sign(W) * s.
     """
-    feedback, scale = rule.feedback_weight_parts(weight, state)
-    if scale is not None and feedback.numel() <= input.numel():
-        return feedback.mul_(scale), None
-    return feedback, scale
+    b, scale = rule.feedback_weight_parts(weight, feedback)
+    if scale is not None and b.numel() <= input.numel():
+        return b.mul_(scale), None
+    return b, scale
 
 
 class _FeedbackConvFunction(torch.autograd.Function):
@@ -37,56 +38,58 @@ class _FeedbackConvFunction(torch.autograd.Function):
     groups), as ``aten.convolution`` takes them."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, state, rule, args):
-        ctx.save_for_backward(input, weight, state)
+    def forward(ctx, input, weight, bias, feedback, rule, args):
+        ctx.save_for_backward(input, weight, feedback)
         ctx.rule, ctx.args, ctx.has_bias = rule, args, bias is not None
         return torch.ops.aten.convolution(input, weight, bias, *args)
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, weight, state = ctx.saved_tensors
-        need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
-        feedback, scale = (
-            _feedback_for(ctx.rule, weight, state, input) if need_input else (weight, None)
+        input, weight, feedback = ctx.saved_tensors
+        need_input, need_weight, need_bias, need_feedback = ctx.needs_input_grad[:4]
+        b, scale = (
+            _feedback_weight(ctx.rule, weight, feedback, input) if need_input else (weight, None)
         )
         _, _, _, transposed, _, _ = ctx.args
         bias_sizes = [weight.shape[1] * ctx.args[5] if transposed else weight.shape[0]]
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_output,
             input,
-            feedback,
+            b,
             bias_sizes if ctx.has_bias else None,
             *ctx.args,
-            [need_input, need_weight or need_state, need_bias and ctx.has_bias],
+            [need_input, need_weight or need_feedback, need_bias and ctx.has_bias],
         )
         if scale is not None:
             grad_input = grad_input.mul_(scale)
-        grad_state = ctx.rule.feedback_grad(grad_weight) if need_state else None
-        return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None, None
+        grad_feedback = ctx.rule.feedback_grad(grad_weight) if need_feedback else None
+        grad_weight = grad_weight if need_weight else None
+        return grad_input, grad_weight, grad_bias, grad_feedback, None, None
 
 
 class _FeedbackLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, weight, bias, state, rule):
-        ctx.save_for_backward(input, weight, state)
+    def forward(ctx, input, weight, bias, feedback, rule):
+        ctx.save_for_backward(input, weight, feedback)
         ctx.rule, ctx.has_bias = rule, bias is not None
         return F.linear(input, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, weight, state = ctx.saved_tensors
-        need_input, need_weight, need_bias, need_state = ctx.needs_input_grad[:4]
-        grad_input = grad_weight = grad_bias = grad_state = None
+        input, weight, feedback = ctx.saved_tensors
+        need_input, need_weight, need_bias, need_feedback = ctx.needs_input_grad[:4]
+        grad_input = grad_weight = grad_bias = grad_feedback = None
         if need_input:
-            feedback, scale = _feedback_for(ctx.rule, weight, state, input)
-            grad_input = grad_output.matmul(feedback)
+            b, scale = _feedback_weight(ctx.rule, weight, feedback, input)
+            grad_input = grad_output.matmul(b)
             if scale is not None:
                 grad_input = grad_input.mul_(scale)
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
-        if need_weight or need_state:
+        if need_weight or need_feedback:
             grad_weight = grad_2d.t().mm(input.reshape(-1, input.shape[-1]))
-        if need_state:
-            grad_state = ctx.rule.feedback_grad(grad_weight)
+        if need_feedback:
+            grad_feedback = ctx.rule.feedback_grad(grad_weight)
         if ctx.has_bias and need_bias:
             grad_bias = grad_2d.sum(0)
-        return grad_input, grad_weight if need_weight else None, grad_bias, grad_state, None
+        grad_weight = grad_weight if need_weight else None
+        return grad_input, grad_weight, grad_bias, grad_feedback, None

@@ -5,7 +5,7 @@ linear layers, whatever the rule: the rule only supplies B. Per conv, the backwa
 ``aten.convolution_backward`` call that native autograd makes, with B passed where W would be: it
 returns the input gradient computed with B and the true weight gradient (which depends on the input
 and the output gradient only). Nothing beyond what native autograd saves is kept for the backward
-pass, and B is made only when the backward pass runs.
+pass, and B itself is made only when the backward pass runs.
 
 When no gradient is needed (``torch.no_grad``, ``inference_mode``, parameters and input that do not
 require grad, ``torch.jit.trace``, ``torch.export``) a converted layer runs its stock forward
@@ -20,7 +20,6 @@ back. Converted layers pickle and deep-copy by their original class, so a saved 
 fresh process. Whole models are converted by :mod:`bio_detectron.core.convert`.
 """
 
-import logging
 from typing import Optional
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from .checkpointing import FeedbackCheckpointMixin
 from .functions import _autocast_dtype, _FeedbackConvFunction, _FeedbackLinearFunction, _tracing
 from .rules import LearningRule, build_rule, layer_seed
 
@@ -43,17 +43,11 @@ __all__ = [
     "unsupported_reason",
 ]
 
-logger = logging.getLogger(__name__)
-
 # The layer types a rule can act on; subclasses included (see unsupported_reason for the limits).
 LAYER_TYPES = (_ConvNd, nn.Linear)
 
-# Key of a converted layer's entry in a state dict's per-module metadata: the tag of the rule
-# that made the layer's ``feedback`` tensor (LearningRule.tag()).
-METADATA_KEY = "bio_rule"
 
-
-class FeedbackLayer:
+class FeedbackLayer(FeedbackCheckpointMixin):
     """
     Mixin of converted layers. A converted layer has
 
@@ -64,20 +58,23 @@ class FeedbackLayer:
     * :meth:`feedback_weight`: B, the feedback weight its next backward pass will use.
 
     **When the feedback tensor is made.** ``feedback`` is made by the rule from the layer's weight
-    and a generator seeded with (seed, module name) only. It is made again, in place, at the layer's
-    first forward pass that needs a gradient, from the weights the layer has then: the weights
-    training starts from, after ``MODEL.WEIGHTS`` or any other checkpoint was loaded and after
-    DistributedDataParallel gave every process rank 0's weights. So every process makes the same B
-    without communication, and B describes the network that trains, not its random init. It is not
-    made again after that, nor when a checkpoint that carries ``feedback`` made by the same rule
-    (same options) was loaded: that restores it exactly (resume, hand-off). Loading a checkpoint
-    without ``feedback`` but with the layer's weight marks it to be made again from those weights;
-    a ``feedback`` made by another rule or with other options is replaced the same way, with a
-    warning naming the layer. :func:`make_feedback_now` makes it at once instead.
+    and a generator seeded with (seed, module name) only, whenever the weights it describes are
+    set: at conversion (:meth:`set_rule`), and when a state dict or checkpoint loads the layer's
+    weight without a feedback tensor made by the same rule (``MODEL.WEIGHTS``, a model zoo or
+    torchvision checkpoint), right after that weight is loaded. A checkpoint that carries
+    ``feedback`` made by the same rule (same options) restores it exactly (resume, hand-off); one
+    made by another rule or with other options is replaced the same way, with a warning naming
+    the layer. The trainers' DistributedDataParallel wrapper (``bio_detectron.engine``'s
+    ``create_ddp_model``) makes it again from rank 0's weights once it has broadcast them, except
+    where a checkpoint restored it, so every process has the same B without communication (with
+    a wrapper of your own: ``make_feedback_now(model, keep_restored=True)`` after wrapping). A
+    forward pass never makes it, so ``torch.compile`` traces no generator. After changing weights
+    by hand, :func:`make_feedback_now` makes it again.
     """
 
     learning_rule: LearningRule
     _bio_base: type  # the class the layer had before conversion (set on converted classes)
+    _feedback_restored = False  # True while ``feedback`` is a checkpoint's, not made from W
 
     @property
     def rule(self) -> str:
@@ -96,15 +93,14 @@ class FeedbackLayer:
         self.bio_seed, self.bio_name = int(seed), name
         self._buffers.pop("feedback", None)
         self._parameters.pop("feedback", None)
-        self._feedback_pending = False
-        state = self._make_feedback()
-        if state is None:
+        self._feedback_restored = False
+        feedback = self._make_feedback()
+        if feedback is None:
             return
         if self.learning_rule.feedback_kind == "parameter":
-            self.register_parameter("feedback", nn.Parameter(state))
+            self.register_parameter("feedback", nn.Parameter(feedback))
         else:
-            self.register_buffer("feedback", state)
-        self._feedback_pending = True
+            self.register_buffer("feedback", feedback)
 
     def _feedback(self) -> Optional[torch.Tensor]:
         return self._buffers.get("feedback", self._parameters.get("feedback"))
@@ -113,50 +109,44 @@ class FeedbackLayer:
         """The feedback tensor made from the current weight (deterministic: seed, name, W)."""
         generator = torch.Generator().manual_seed(layer_seed(self.bio_seed, self.bio_name))
         weight = self.weight.detach()
-        state = self.learning_rule.init_feedback(weight.cpu().float(), generator)
-        if state is None:
+        feedback = self.learning_rule.init_feedback(weight.cpu().float(), generator)
+        if feedback is None:
             return None
-        if tuple(state.shape) != tuple(weight.shape):
+        if tuple(feedback.shape) != tuple(weight.shape):
             raise ValueError(
                 f"{type(self.learning_rule).__name__}.init_feedback made a feedback tensor of "
-                f"shape {tuple(state.shape)} for {self.bio_name or 'a layer'} with weight "
+                f"shape {tuple(feedback.shape)} for {self.bio_name or 'a layer'} with weight "
                 f"{tuple(weight.shape)}; it must be shaped like W"
             )
-        return state.to(device=weight.device, dtype=weight.dtype)
+        return feedback.to(device=weight.device, dtype=weight.dtype)
 
     @torch.no_grad()
     def make_feedback_now(self):
         """Make the feedback tensor from the current weight now, in place (see the class doc)."""
-        state = self._feedback()
-        # (The alignment probe lends a layer the backprop rule, which keeps no state, for a pass.)
-        if state is not None and self.learning_rule.feedback_kind is not None:
-            state.copy_(self._make_feedback())
-            self._feedback_pending = False
+        feedback = self._feedback()
+        # (The alignment probe lends a layer the backprop rule, which keeps none, for a pass.)
+        if feedback is not None and self.learning_rule.feedback_kind is not None:
+            feedback.copy_(self._make_feedback())
+            self._feedback_restored = False
 
     def _feedback_for_backward(self) -> Optional[torch.Tensor]:
-        if self._feedback_pending:
-            # Made with a seeded generator, which a compiled graph cannot hold: compiled here, the
-            # graph would break; bio_detectron.compile_model makes it before compiling.
-            self.make_feedback_now()
-        state = self._feedback()
-        if state is None or self.learning_rule.feedback_kind is None:
-            # The alignment probe lends a layer the backprop rule for a pass: it reads no state,
-            # and a trained state must get no gradient from that pass.
+        feedback = self._feedback()
+        if feedback is None or self.learning_rule.feedback_kind is None:
+            # The alignment probe lends a layer the backprop rule for a pass: it reads no feedback
+            # tensor, and a trained one must get no gradient from that pass.
             return None
         if self.learning_rule.feedback_kind == "parameter" and not self.weight.requires_grad:
-            # A trained state gets W's gradient: none while W is frozen.
-            return state.detach()
-        return state
+            # A trained feedback tensor gets W's gradient: none while W is frozen.
+            return feedback.detach()
+        return feedback
 
     @torch.no_grad()
     def feedback_weight(self) -> torch.Tensor:
         """
         Returns:
-            Tensor: B, the weight the next backward pass uses in place of W to propagate gradients
-            (before the first training step: the B that the current weights would give).
+            Tensor: B, the weight the next backward pass uses in place of W to propagate gradients.
         """
-        state = self._make_feedback() if self._feedback_pending else self._feedback()
-        return self.learning_rule.feedback_weight(self.weight, state)
+        return self.learning_rule.feedback_weight(self.weight, self._feedback())
 
     def _uses_rule(self, input: torch.Tensor) -> bool:
         """Whether this forward pass goes through the rule's autograd path."""
@@ -172,49 +162,6 @@ class FeedbackLayer:
             input, weight = input.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         return input, weight, bias
-
-    # --- checkpoints -------------------------------------------------------------------------
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        # Module.state_dict keeps per-module metadata (the module's version) in
-        # destination._metadata, pickled with the state dict; the rule's tag rides along there.
-        metadata = getattr(destination, "_metadata", None)
-        if metadata is not None and self._feedback() is not None:
-            metadata.setdefault(prefix[:-1], {})[METADATA_KEY] = self.learning_rule.tag()
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        if self._feedback() is None:
-            return
-        key, tag = prefix + "feedback", self.learning_rule.tag()
-        if key not in state_dict:
-            # A checkpoint of the unconverted model (model zoo, torchvision) or of a rule without
-            # state: not missing; the state is made from the weights loaded, if any.
-            if key in missing_keys:
-                missing_keys.remove(key)
-            if prefix + "weight" in state_dict:
-                self._feedback_pending = True
-            return
-        saved = (local_metadata or {}).get(METADATA_KEY)
-        if saved == tag:
-            self._feedback_pending = False
-        elif saved is None:
-            self._feedback_pending = False
-            logger.warning(
-                f"{key}: the checkpoint does not record which rule made this feedback tensor; it "
-                f"is taken as the state of {tag}"
-            )
-        else:
-            self._feedback_pending = True
-            logger.warning(
-                f"{key}: the checkpoint's feedback was made by {saved}, but this layer learns with "
-                f"{tag}; it is not used: the layer's feedback is made again from its weights at "
-                "the first training step"
-            )
 
     def __reduce_ex__(self, protocol):
         # Pickle (torch.save(model), deepcopy) by the original class, whose feedback class is
@@ -460,11 +407,11 @@ def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **o
     return module
 
 
-_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_pending")
+_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_restored")
 
 
 def revert_layer(module: nn.Module) -> nn.Module:
-    """Turn a converted layer back into its original class, dropping the rule and its state."""
+    """Turn a converted layer back into its original class, dropping the rule and its feedback."""
     if isinstance(module, FeedbackLayer):
         module._buffers.pop("feedback", None)
         module._parameters.pop("feedback", None)

@@ -232,8 +232,6 @@ def mirror_step(
             f"{type(layer).__name__} {name or getattr(layer, 'bio_name', '')!r} does not learn "
             "with the weight_mirror rule; only its layers have a mirror"
         )
-    if layer._feedback_pending:  # B of the weights training starts from, as a backward would
-        layer.make_feedback_now()
     name = layer.bio_name if name is None else name
     device = layer.weight.device
     generator = torch.Generator(device=device)

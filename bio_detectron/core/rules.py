@@ -77,7 +77,8 @@ RULE_REGISTRY = RuleRegistry("BIO_RULE")
 #             (sqrt(2 / (k_h * k_w * C_out)) for a Conv2d: the seed paper's code), and
 #             1 / sqrt(fan_in) for a linear layer.
 #   mean_abs: mean |W| of the layer, so that |B| follows the size of W. Rules whose B changes with W
-#             recompute it at every backward pass; rules with a state read W when they make it.
+#             recompute it at every backward pass; rules with a feedback tensor read W when they
+#             make it.
 SCALES = ("kaiming", "mean_abs")
 
 
@@ -148,10 +149,10 @@ class LearningRule:
       when ``feedback_kind`` is "parameter"), made by :meth:`init_feedback`, so that it follows
       the layer to a device, across processes and into checkpoints.
 
-    When the feedback tensor is made (see :class:`~bio_detectron.core.layers.FeedbackLayer`): from
-    the weights the layer has at its first training forward pass, i.e. after pretrained weights are
-    loaded and after DistributedDataParallel has given every process rank 0's weights, unless a
-    checkpoint made by the same rule restored it first.
+    When the feedback tensor is made (see :class:`~bio_detectron.core.layers.FeedbackLayer`):
+    whenever the weights it describes are set, i.e. at conversion, when pretrained weights are
+    loaded, and when DistributedDataParallel has given every process rank 0's weights, unless a
+    checkpoint made by the same rule restored it; never in a forward pass.
 
     Attributes:
         name (str): the name the rule is registered under.

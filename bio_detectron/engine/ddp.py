@@ -5,6 +5,8 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..core.convert import make_feedback_now
+
 __all__ = [
     "create_ddp_model",
     "all_ranks_true",
@@ -16,8 +18,9 @@ __all__ = [
 def create_ddp_model(model, *, fp16_compression=False, **kwargs):
     """
     detectron2's ``create_ddp_model``, except that ``device_ids`` is only set for a model on a
-    CUDA device: DistributedDataParallel refuses device_ids for CPU modules, which detectron2
-    always passes.
+    CUDA device (DistributedDataParallel refuses device_ids for CPU modules, which detectron2
+    always passes), and that converted layers make their feedback tensors again from the weights
+    DistributedDataParallel has broadcast from rank 0, except those a checkpoint restored.
     """
     if comm.get_world_size() == 1:
         return model
@@ -25,6 +28,12 @@ def create_ddp_model(model, *, fp16_compression=False, **kwargs):
     if on_cuda:
         kwargs.setdefault("device_ids", [comm.get_local_rank()])
     ddp = DistributedDataParallel(model, **kwargs)
+    # Each process converted its own initial weights, and a rule's feedback tensor may depend on
+    # W; DistributedDataParallel has now given every process rank 0's parameters, but not its
+    # buffers (detectron2 passes broadcast_buffers=False). Made again from those weights, every
+    # process has the same B. A checkpoint's feedback tensors are the same everywhere already
+    # and may be trained ones (Kolen-Pollack): kept.
+    make_feedback_now(model, keep_restored=True)
     if fp16_compression and on_cuda:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
 

@@ -84,10 +84,9 @@ class FiniteLossCheck(HookBase):
 class CompileHook(HookBase):
     """
     ``torch.compile`` of the trainer's model (:func:`bio_detectron.compile_model`) before the first
-    training step: after the checkpoint or ``MODEL.WEIGHTS`` is loaded and the model is wrapped for
-    DDP, so that the feedback tensors it makes first come from the weights training starts from.
-    After the first step, a compiled module that the step never called (it ran eagerly) is an
-    error naming it.
+    training step, after the model is wrapped for DDP. Its errors, and a compiled module that the
+    first step never called (it ran eagerly), are errors naming ``key``, the switch that asked for
+    compiling.
     """
 
     def __init__(self, model=None, *, mode="default", backend="inductor", key="compile"):
@@ -101,7 +100,10 @@ class CompileHook(HookBase):
     def before_train(self):
         from ..core.compile import compile_model
 
-        compile_model(self._unwrapped(), mode=self.mode, backend=self.backend, key=self.key)
+        try:
+            compile_model(self._unwrapped(), mode=self.mode, backend=self.backend)
+        except (ValueError, RuntimeError) as e:
+            raise type(e)(f"{self.key}: {e}") from e
         self._checked = False
 
     def after_step(self):
