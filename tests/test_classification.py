@@ -10,6 +10,7 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.engine import SimpleTrainer
 from PIL import Image
 
 from bio_detectron.config import add_bio_config, add_classification_config
@@ -25,10 +26,9 @@ from bio_detectron.data.imagenet import (
     collate_classification,
     scan_split,
 )
-from bio_detectron.engine.amp import cpu_has_native_bfloat16
+from bio_detectron.engine.amp import CPUAutocastTrainer, cpu_has_native_bfloat16
 from bio_detectron.engine.classification import (
     ClassificationTrainer,
-    CPUAMPClassificationTrainer,
     build_classification_trainer,
     resolve_schedule,
 )
@@ -153,8 +153,10 @@ def test_train_a_few_iterations_per_rule(tmp_path, shapes_root, rule):
     )  # fmt: skip
     trainer = build_classification_trainer(cfg)
     # AMP on CPU: bfloat16 where the CPU has it natively (engine/amp.py); channels_last: CUDA only.
-    expected = CPUAMPClassificationTrainer if cpu_has_native_bfloat16() else ClassificationTrainer
-    assert type(trainer) is expected
+    native = cpu_has_native_bfloat16()
+    assert type(trainer) is ClassificationTrainer
+    assert trainer.precision is (torch.bfloat16 if native else None)
+    assert type(trainer._trainer) is (CPUAutocastTrainer if native else SimpleTrainer)
     model = trainer.unwrapped_model
     rules = rules_of(model)
     assert rules.pop("classifier") == "backprop"
@@ -209,7 +211,7 @@ def test_resume_continues_with_optimizer_state(tmp_path, shapes_root):
     for k, v in model.state_dict().items():  # weights, BN statistics, feedback buffers
         assert torch.equal(v, saved["model"][k]), k
     state = second.optimizer.state_dict()["state"]
-    saved_state = saved["trainer"]["optimizer"]["state"]
+    saved_state = saved["trainer"]["_trainer"]["optimizer"]["state"]
     assert len(state) == len(saved_state) > 0
     for i in state:
         assert torch.equal(state[i]["momentum_buffer"], saved_state[i]["momentum_buffer"])
