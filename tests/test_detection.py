@@ -338,6 +338,16 @@ def test_cuda_device_without_cuda_is_an_error_naming_the_cpu_choice(monkeypatch)
     check_model_device(instant_cfg("MODEL.DEVICE", "cpu"))  # the CPU, chosen: no error
 
 
+def test_eval_only_without_weights_is_an_error(tmp_path):
+    from bio_detectron.engine import BioTrainer
+
+    cfg = instant_cfg("MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"--eval-only needs weights: set MODEL.WEIGHTS .*OUTPUT_DIR"
+    ):
+        BioTrainer.evaluate(cfg, resume=True)  # nothing to resume from either
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_amp_on_cpu_trains_in_bfloat16_where_native(native_bf16, tmp_path, monkeypatch, caplog):
