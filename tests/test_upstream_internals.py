@@ -148,6 +148,34 @@ def test_default_trainer_writes_every_20_iterations(tmp_path):
     assert [w._period for w in writers] == [BioTrainer.WRITER_PERIOD]
 
 
+# --- engine/ddp.py: a copy of detectron2's create_ddp_model --------------------------------------
+
+# detectron2.engine.defaults.create_ddp_model as engine/ddp.py copied it (docstring left out).
+CREATE_DDP_MODEL = """
+def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+    if comm.get_world_size() == 1:
+        return model
+    if "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+"""
+
+
+def test_create_ddp_model_is_the_one_copied():
+    """engine/ddp.py's create_ddp_model is detectron2's but for device_ids on CPU: when
+    detectron2's changes, compare the two and update the copy (and CREATE_DDP_MODEL)."""
+    from detectron2.engine import defaults
+
+    theirs = [ast.unparse(s) for s in _statements(defaults.create_ddp_model)]
+    copied = ast.parse(CREATE_DDP_MODEL).body[0].body
+    assert theirs == [ast.unparse(s) for s in copied]
+
+
 # --- engine/classification.py, visualize/detections.py: Checkpointer._load_model -----------------
 
 
@@ -215,3 +243,54 @@ def test_builtin_metadata_is_the_builtin_datasets_metadata():
     assert separated["stuff_dataset_id_to_contiguous_id"]
     standard = _get_builtin_metadata("coco_panoptic_standard")
     assert standard["thing_classes"] == MetadataCatalog.get("coco_2017_val_panoptic").thing_classes
+
+
+# --- core: torch.nn.Module internals the feedback layers rely on ----------------------------------
+
+
+def test_reversed_padding_is_what_f_pad_takes():
+    """core/layers.py and core/mirror.py pad a non-zero padding_mode's input with the private
+    ``_reversed_padding_repeated_twice``, as nn.Conv2d does itself."""
+    conv = nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="reflect")
+    assert list(conv._reversed_padding_repeated_twice) == [2, 2, 1, 1]
+    x = torch.randn(1, 2, 6, 7)
+    padded = torch.nn.functional.pad(x, conv._reversed_padding_repeated_twice, mode="reflect")
+    expected = torch.nn.functional.conv2d(padded, conv.weight, conv.bias)
+    torch.testing.assert_close(conv(x), expected)
+
+
+def test_module_registries_and_state_dict_hooks():
+    """The feedback layers keep B in a module's ``_buffers``/``_parameters`` dicts and tag their
+    state dict through ``_save_to_state_dict`` / ``_load_from_state_dict`` and the state dict's
+    ``_metadata`` (core/layers.py, core/probe.py, core/convert.py): registering, popping and the
+    per-module metadata must work as these use them."""
+    seen = {}
+
+    class Tagged(nn.Linear):
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            destination._metadata[prefix[:-1]]["tag"] = "x"
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+            seen["tag"] = local_metadata.get("tag")
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    net = nn.Sequential(Tagged(2, 2))
+    net[0].register_buffer("feedback", torch.ones(2, 2))
+    assert "0.feedback" in net.state_dict() and "feedback" in net[0]._buffers
+    state = net.state_dict()
+    assert state._metadata["0"]["tag"] == "x"
+    net.load_state_dict(state)
+    assert seen == {"tag": "x"}
+    net[0]._buffers.pop("feedback")
+    assert "0.feedback" not in net.state_dict()
+    assert dict(net[0]._parameters) == dict(net[0].named_parameters(recurse=False))
+
+
+def test_inductor_lists_the_options_of_each_compile_mode():
+    """core/compile.py merges a mode's options (torch._inductor.list_mode_options) with its own
+    CPU option: torch.compile takes a mode or options, not both."""
+    from torch._inductor import list_mode_options
+
+    for mode in ("default", "reduce-overhead", "max-autotune"):
+        assert isinstance(list_mode_options(mode), dict)
