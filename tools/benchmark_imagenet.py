@@ -14,7 +14,7 @@ evaluation are off: they run once per epoch, not per step.
 
 On a small shared CPU machine, tiny settings and one thread per process give steadier figures:
 
-    OMP_NUM_THREADS=1 python tools/benchmark_imagenet.py --rounds 15 --iters 5 \\
+    OMP_NUM_THREADS=1 python tools/benchmark_imagenet.py --rounds 15 --iters 5 MODEL.DEVICE cpu \\
         INPUT.CLASSIFICATION.SIZE 64 SOLVER.IMS_PER_BATCH 16 DATALOADER.NUM_WORKERS 1
 """
 
