@@ -476,7 +476,7 @@ def test_two_cpu_processes_from_the_command_line(tmp_path, shapes_root):
     cmd = [
         sys.executable, os.path.join(REPO, "tools", "train_imagenet.py"),
         "--config-file", os.path.join(REPO, "configs", "ImageNet", "resnet18_sign_symmetry.yaml"),
-        "--num-gpus", "2",
+        "--num-gpus", "2", "MODEL.DEVICE", "cpu",
         "DATASETS.IMAGENET_ROOT", shapes_root, "INPUT.CLASSIFICATION.SIZE", "32",
         "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(tmp_path),

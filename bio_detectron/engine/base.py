@@ -78,6 +78,8 @@ class BioTrainerBase(DefaultTrainer):
     ``__init__``; it provides :meth:`build_default_hooks` (detectron2's hooks of its kind, with an
     ``EvalHook`` calling :meth:`test_and_save_results`), ``test`` and ``evaluate``, and, for a
     config that is not yacs, :attr:`KEYS`, :attr:`writer_period` and :meth:`bio_hook_options`.
+    DefaultTrainer's yacs builders (``build_train_loader``, ``build_test_loader``,
+    ``build_evaluator``, ...) are the detection trainer's; the others build their own.
 
     Attributes:
         precision (torch.dtype or None): the autocast dtype of the training step, None for full
