@@ -1,7 +1,6 @@
 """Config keys of bio_detectron, added to a detectron2 config by :func:`add_bio_config`."""
 
 import ast
-import logging
 import numbers
 
 import torch
@@ -12,8 +11,8 @@ from .core.mirror import MIRROR_DEFAULTS
 __all__ = [
     "add_bio_config",
     "add_classification_config",
-    "device_or_cpu",
-    "fall_back_to_cpu",
+    "check_device",
+    "check_model_device",
 ]
 
 # Keys whose value is a string or a number: a number from a YAML file or a command line
@@ -269,24 +268,30 @@ def add_classification_config(cfg):
     _C.SOLVER.LR_REFERENCE_BATCH = 256
 
 
-def device_or_cpu(device: str, key: str) -> str:
+def check_device(device: str, key: str, cpu_choice: str) -> str:
     """
     Args:
         device: a torch device name from a config, e.g. "cuda" or "cpu".
-        key: the config key it comes from, for the warning, e.g. "MODEL.DEVICE".
+        key: the config key it comes from, for the error, e.g. "MODEL.DEVICE".
+        cpu_choice: how a run chooses the CPU instead, as typed on the command line, e.g.
+            "MODEL.DEVICE cpu".
 
     Returns:
-        str: ``device``, or "cpu" when it names CUDA and none is available (with a warning naming
-        ``key``), so that configs written for GPUs also run on a laptop.
+        str: ``device``.
+
+    Raises:
+        ValueError: ``device`` names CUDA and torch finds none: a broken CUDA install or a CPU
+            machine does not train on the CPU quietly.
     """
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning(
-            f"{key}={device!r} but CUDA is not available: using 'cpu'"
+        raise ValueError(
+            f"{key}={device!r}, but CUDA is not available here (torch.cuda.is_available() is "
+            f"False: no GPU, or a PyTorch build or driver without CUDA). To train on the CPU, "
+            f"add {cpu_choice}"
         )
-        return "cpu"
     return device
 
 
-def fall_back_to_cpu(cfg):
-    """Set ``MODEL.DEVICE`` to :func:`device_or_cpu` of it. ``cfg`` must not be frozen."""
-    cfg.MODEL.DEVICE = device_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+def check_model_device(cfg):
+    """:func:`check_device` of a yacs config's ``MODEL.DEVICE``."""
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "MODEL.DEVICE cpu")

@@ -10,6 +10,8 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.engine import SimpleTrainer
+from detectron2.engine.train_loop import HookBase
 from PIL import Image
 
 from bio_detectron.config import add_bio_config, add_classification_config
@@ -25,10 +27,9 @@ from bio_detectron.data.imagenet import (
     collate_classification,
     scan_split,
 )
-from bio_detectron.engine.amp import cpu_has_native_bfloat16
+from bio_detectron.engine.amp import CPUAutocastTrainer, cpu_has_native_bfloat16
 from bio_detectron.engine.classification import (
     ClassificationTrainer,
-    CPUAMPClassificationTrainer,
     build_classification_trainer,
     resolve_schedule,
 )
@@ -153,8 +154,10 @@ def test_train_a_few_iterations_per_rule(tmp_path, shapes_root, rule):
     )  # fmt: skip
     trainer = build_classification_trainer(cfg)
     # AMP on CPU: bfloat16 where the CPU has it natively (engine/amp.py); channels_last: CUDA only.
-    expected = CPUAMPClassificationTrainer if cpu_has_native_bfloat16() else ClassificationTrainer
-    assert type(trainer) is expected
+    native = cpu_has_native_bfloat16()
+    assert type(trainer) is ClassificationTrainer
+    assert trainer.precision is (torch.bfloat16 if native else None)
+    assert type(trainer._trainer) is (CPUAutocastTrainer if native else SimpleTrainer)
     model = trainer.unwrapped_model
     rules = rules_of(model)
     assert rules.pop("classifier") == "backprop"
@@ -209,7 +212,7 @@ def test_resume_continues_with_optimizer_state(tmp_path, shapes_root):
     for k, v in model.state_dict().items():  # weights, BN statistics, feedback buffers
         assert torch.equal(v, saved["model"][k]), k
     state = second.optimizer.state_dict()["state"]
-    saved_state = saved["trainer"]["optimizer"]["state"]
+    saved_state = saved["trainer"]["_trainer"]["optimizer"]["state"]
     assert len(state) == len(saved_state) > 0
     for i in state:
         assert torch.equal(state[i]["momentum_buffer"], saved_state[i]["momentum_buffer"])
@@ -217,6 +220,49 @@ def test_resume_continues_with_optimizer_state(tmp_path, shapes_root):
     second.train()
     iterations = [m["iteration"] for m in metrics(tmp_path) if "total_loss" in m]
     assert iterations == [1, 2] and second.iter == 3
+
+
+def test_a_checkpoint_with_the_step_state_at_the_top_level_resumes(tmp_path, shapes_root):
+    """A trainer checkpoint of a loop on SimpleTrainer itself (detectron2's lazyconfig_train_net,
+    and this trainer before it held an inner step trainer) holds the optimizer at the top level,
+    not under "_trainer": it resumes all the same."""
+    cfg = make_cfg(tmp_path, shapes_root, "SOLVER.MAX_ITER", 2, "TEST.EVAL_PERIOD", 100)
+    first = ClassificationTrainer(cfg)
+    first.resume_or_load(resume=False)
+    first.train()
+    path = tmp_path / "model_final.pth"
+    saved = torch.load(path, weights_only=False)
+    step = saved["trainer"].pop("_trainer")
+    saved["trainer"]["optimizer"] = step["optimizer"]  # SimpleTrainer.state_dict's layout
+    torch.save(saved, path)
+
+    cfg = make_cfg(tmp_path, shapes_root, "SOLVER.MAX_ITER", 3, "TEST.EVAL_PERIOD", 100)
+    second = ClassificationTrainer(cfg)
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 2 and second._trainer.iter == 1
+    state, saved_state = second.optimizer.state_dict()["state"], step["optimizer"]["state"]
+    assert len(state) == len(saved_state) > 0
+    for i in state:
+        assert torch.equal(state[i]["momentum_buffer"], saved_state[i]["momentum_buffer"])
+    assert second.scheduler.last_epoch == saved["trainer"]["hooks"]["LRScheduler"]["last_epoch"]
+
+
+def test_after_backward_hooks_see_every_step(tmp_path, shapes_root):
+    """The inner step trainer passes after_backward on to the trainer's hooks (detectron2's
+    DefaultTrainer does not), between the backward pass and the optimizer step."""
+    trainer = ClassificationTrainer(make_cfg(tmp_path, shapes_root, "TEST.EVAL_PERIOD", 100))
+    conv = trainer.unwrapped_model.backbone.bottom_up.stem.conv1
+    seen = []
+
+    class AfterBackward(HookBase):
+        def after_backward(self):
+            seen.append((self.trainer.iter, conv.weight.grad is not None, conv.weight.clone()))
+
+    trainer.register_hooks([AfterBackward()])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert [(it, grad) for it, grad, _ in seen] == [(0, True), (1, True)]
+    assert not torch.equal(seen[0][2], seen[1][2])  # the step came after the first call
 
 
 def test_loader_resumes_the_same_batches(shapes_root):
@@ -430,7 +476,7 @@ def test_two_cpu_processes_from_the_command_line(tmp_path, shapes_root):
     cmd = [
         sys.executable, os.path.join(REPO, "tools", "train_imagenet.py"),
         "--config-file", os.path.join(REPO, "configs", "ImageNet", "resnet18_sign_symmetry.yaml"),
-        "--num-gpus", "2",
+        "--num-gpus", "2", "MODEL.DEVICE", "cpu",
         "DATASETS.IMAGENET_ROOT", shapes_root, "INPUT.CLASSIFICATION.SIZE", "32",
         "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(tmp_path),

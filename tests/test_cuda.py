@@ -26,10 +26,7 @@ import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
 from bio_detectron.core import probe as al
 from bio_detectron.data import ensure_shapes_classification
-from bio_detectron.engine.classification import (
-    AMPClassificationTrainer,
-    build_classification_trainer,
-)
+from bio_detectron.engine.classification import build_classification_trainer
 
 # cuBLAS is deterministic (torch.use_deterministic_algorithms) only with a fixed workspace, read
 # when the process first uses cuBLAS: set before any test here runs a linear layer on the GPU.
@@ -540,7 +537,8 @@ def test_amp_classification_trainer(tmp_path, shapes_root, rule):
     )  # fmt: skip
     cfg.freeze()
     trainer = build_classification_trainer(cfg)
-    assert type(trainer) is AMPClassificationTrainer and trainer.grad_scaler.is_enabled()
+    assert trainer.precision is torch.float16 and type(trainer._trainer) is AMPTrainer
+    assert trainer._trainer.grad_scaler.is_enabled()
     model = trainer.unwrapped_model
     conv = model.backbone.bottom_up.stem.conv1
     assert conv.weight.is_cuda and conv.weight.is_contiguous(memory_format=torch.channels_last)

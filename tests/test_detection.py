@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 
 import bio_detectron as bd
 from bio_detectron import add_bio_config
+from bio_detectron.config import check_model_device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(
@@ -355,35 +356,28 @@ def test_scale_numbers_leave_yacs_and_other_configs_alone():
         plain.merge_from_list(["MODEL.META_ARCHITECTURE", "0.5"])
 
 
-def test_bio_trainer_sets_what_default_trainer_sets(tmp_path):
-    """BioTrainer.__init__ does DefaultTrainer.__init__'s work itself (to pick its own DDP wrapper
-    and step class): it must set every attribute detectron2's sets, and hold the same pieces in
-    the inner trainer that DefaultTrainer's run_step, state_dict and properties read."""
-    from detectron2.engine import DefaultTrainer, SimpleTrainer
+def test_cuda_device_without_cuda_is_an_error_naming_the_cpu_choice(monkeypatch):
+    """MODEL.DEVICE cuda on a machine without CUDA stops the tools with an error that says how to
+    choose the CPU, rather than training on the CPU quietly."""
+    import train_net
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = r"MODEL.DEVICE='cuda', but CUDA is not available.*add MODEL.DEVICE cpu$"
+    with pytest.raises(ValueError, match=message):
+        train_net.setup(_args("MODEL.DEVICE", "cuda"))
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE='cuda:1', but CUDA is not available"):
+        check_model_device(instant_cfg("MODEL.DEVICE", "cuda:1"))
+    check_model_device(instant_cfg("MODEL.DEVICE", "cpu"))  # the CPU, chosen: no error
+
+
+def test_eval_only_without_weights_is_an_error(tmp_path):
     from bio_detectron.engine import BioTrainer
 
-    cfg = instant_cfg(
-        "SOLVER.MAX_ITER", 1, "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", (),
-        "MODEL.BIO.ALIGNMENT.PERIOD", 0, "SOLVER.AMP.ENABLED", False,
-    )  # fmt: skip
-    stock, bio = DefaultTrainer(cfg), BioTrainer(cfg)
-    assert set(vars(stock)) <= set(vars(bio))
-    assert type(bio._trainer) is type(stock._trainer) is SimpleTrainer
-    assert bio._trainer.model is bio.model and bio._trainer.optimizer is bio.optimizer
-    assert bio._trainer.data_loader is bio.data_loader
-
-
-def test_default_trainer_writes_every_20_iterations(tmp_path):
-    """BioTrainer.WRITER_PERIOD is DefaultTrainer.build_hooks's literal writer period."""
-    from detectron2.engine import DefaultTrainer
-    from detectron2.engine.hooks import PeriodicWriter
-
-    from bio_detectron.engine import BioTrainer
-
-    cfg = instant_cfg("SOLVER.MAX_ITER", 1, "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", ())
-    writers = [h for h in DefaultTrainer(cfg)._hooks if isinstance(h, PeriodicWriter)]
-    assert [w._period for w in writers] == [BioTrainer.WRITER_PERIOD]
+    cfg = instant_cfg("MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"--eval-only needs weights: set MODEL.WEIGHTS .*OUTPUT_DIR"
+    ):
+        BioTrainer.evaluate(cfg, resume=True)  # nothing to resume from either
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule
     if rule == "kolen_pollack":  # B's momentum is resumed with W's
         index = [n for n, _ in model.named_parameters()].index(key)
         buffers = second.optimizer.state_dict()["state"]
-        saved_buffers = saved["trainer"]["optimizer"]["state"]
+        saved_buffers = saved["trainer"]["_trainer"]["optimizer"]["state"]
         assert len(buffers) == len(list(model.parameters()))
         assert torch.equal(
             buffers[index]["momentum_buffer"], saved_buffers[index]["momentum_buffer"]

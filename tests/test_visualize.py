@@ -13,11 +13,11 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from bio_detectron import add_bio_config, visualize
-from bio_detectron.engine import BioTrainer
 from bio_detectron.visualize import detections, drawing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def weights(tmp_path_factory):
     that its scores and boxes depend on the image."""
     folder = str(tmp_path_factory.mktemp("models"))
     torch.manual_seed(0)
-    model = BioTrainer.build_model(instant_cfg())
+    model = build_model(instant_cfg())
     DetectionCheckpointer(model, save_dir=folder).save("prior")
     with torch.no_grad():
         model.head.cls_score.bias.fill_(5.0)
@@ -278,3 +278,23 @@ def test_command_line_error_exits_with_the_message(weights):
         "visualize: error: 2 --config-file but 1 --weights: give one --weights per --config-file, "
         f"in the same order ({[INSTANT, INSTANT]} / {[weights[0]]})"
     )
+
+
+def test_visualize_builds_models_without_the_engine():
+    """bio_detectron.visualize sits beside the engine, not above it: importing it and building a
+    model imports no trainer."""
+    code = (
+        "import sys; from bio_detectron.visualize import detections; "
+        "print(sorted(m for m in sys.modules if m.startswith('bio_detectron.engine')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_cuda_device_without_cuda_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE='cuda', but CUDA .*add MODEL.DEVICE cpu"):
+        detections.setup_cfg(INSTANT, ["MODEL.DEVICE", "cuda"])
+    assert detections.setup_cfg(INSTANT, ["MODEL.DEVICE", "cpu"]).MODEL.DEVICE == "cpu"

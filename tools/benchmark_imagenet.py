@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
-Images/s of the classification trainer (detectron2's SimpleTrainer with all its hooks and
-writers) against a bare PyTorch loop on the same model, data loader and optimizer.
+Images/s of the classification trainer (detectron2's loop and step trainer with all its hooks
+and writers) against a bare PyTorch loop on the same model, data loader and optimizer.
 
 The two alternate in rounds of ``--iters`` iterations, so that drifts of the machine's speed hit
 both alike; the figure reported is the median over rounds of (trainer images/s / bare images/s
@@ -14,7 +14,7 @@ evaluation are off: they run once per epoch, not per step.
 
 On a small shared CPU machine, tiny settings and one thread per process give steadier figures:
 
-    OMP_NUM_THREADS=1 python tools/benchmark_imagenet.py --rounds 15 --iters 5 \\
+    OMP_NUM_THREADS=1 python tools/benchmark_imagenet.py --rounds 15 --iters 5 MODEL.DEVICE cpu \\
         INPUT.CLASSIFICATION.SIZE 64 SOLVER.IMS_PER_BATCH 16 DATALOADER.NUM_WORKERS 1
 """
 
@@ -30,11 +30,8 @@ from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
-from bio_detectron.config import add_bio_config, add_classification_config, fall_back_to_cpu
-from bio_detectron.engine.classification import (
-    AMPClassificationTrainer,
-    build_classification_trainer,
-)
+from bio_detectron.config import add_bio_config, add_classification_config, check_model_device
+from bio_detectron.engine.classification import build_classification_trainer
 
 
 def setup(args, output_dir):
@@ -43,7 +40,7 @@ def setup(args, output_dir):
     add_classification_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    fall_back_to_cpu(cfg)
+    check_model_device(cfg)
     # A long, flat schedule and no periodic checkpoint or evaluation within the benchmark.
     never = 10**9
     cfg.merge_from_list(["SOLVER.MAX_ITER", never, "SOLVER.STEP_EPOCHS", (), "SOLVER.EPOCHS", 1])
@@ -68,9 +65,11 @@ def main():
         cfg = setup(args, output_dir)
         trainer = build_classification_trainer(cfg)
         model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
-        data = trainer._data_loader_iter  # the trainer's own iterator: one stream for both
+        step = trainer._trainer  # the inner step trainer (detectron2's DefaultTrainer layout)
+        data = step._data_loader_iter  # the trainer's own iterator: one stream for both
         device = torch.device(cfg.MODEL.DEVICE)
-        amp = isinstance(trainer, AMPClassificationTrainer)
+        precision = trainer.precision  # float16 (CUDA, with a scaler), bfloat16 (CPU) or None
+        amp = precision is not None
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
         def trainer_steps(n):
@@ -83,14 +82,14 @@ def main():
         def bare_steps(n):
             for _ in range(n):
                 batch = next(data)
-                autocast = torch.autocast("cuda") if amp else contextlib.nullcontext()
-                with autocast:
+                half = torch.autocast(device.type, dtype=precision) if amp else None
+                with half or contextlib.nullcontext():
                     loss = model(batch)["loss_cls"]
                 optimizer.zero_grad()
-                if amp:
-                    trainer.grad_scaler.scale(loss).backward()
-                    trainer.grad_scaler.step(optimizer)
-                    trainer.grad_scaler.update()
+                if precision == torch.float16:
+                    step.grad_scaler.scale(loss).backward()
+                    step.grad_scaler.step(optimizer)
+                    step.grad_scaler.update()
                 else:
                     loss.backward()
                     optimizer.step()

@@ -13,7 +13,7 @@ learning rules: detectron2's tools/lazyconfig_train_net.py with bio_detectron's 
     python tools/lazyconfig_train_net.py --config-file ... --eval-only \\
         train.init_checkpoint=output/shapes/retinanet_R_18_FPN_sign_symmetry/model_final.pth
 
-On a machine without CUDA, train.device "cuda" becomes "cpu" (with a warning).
+train.device "cuda" on a machine without CUDA is an error; train.device=cpu trains on the CPU.
 """
 
 from detectron2.engine import default_argument_parser, default_setup, launch

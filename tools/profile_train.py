@@ -23,7 +23,7 @@ from detectron2.engine import default_setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bio_detectron  # noqa: F401,E402
-from bio_detectron.config import add_bio_config, fall_back_to_cpu  # noqa: E402
+from bio_detectron.config import add_bio_config, check_model_device  # noqa: E402
 from bio_detectron.engine import BioTrainer  # noqa: E402
 
 PARTS = (
@@ -91,7 +91,7 @@ def main():
     cfg.merge_from_list(args.opts + ["SOLVER.MAX_ITER", str(args.iters)])
     if not args.eval:
         cfg.DATASETS.TEST = ()
-    fall_back_to_cpu(cfg)
+    check_model_device(cfg)
     cfg.freeze()
     default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=[], eval_only=False))
     trainer = BioTrainer(cfg)

@@ -8,8 +8,9 @@ Train an ImageNet classifier (ResNet, AlexNet) with a biologically-plausible lea
     python tools/train_imagenet.py --config-file ... --resume               # continue a run
     python tools/train_imagenet.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
 
-Without DATASETS.IMAGENET_ROOT or $IMAGENET_ROOT it trains on the generated shapes folder. On a
-machine without CUDA it runs on the CPU, ``--num-gpus N`` starting N processes (gloo).
+Without DATASETS.IMAGENET_ROOT or $IMAGENET_ROOT it trains on the generated shapes folder. The
+configs ask for CUDA; ``MODEL.DEVICE cpu`` trains on the CPU, ``--num-gpus N`` starting N
+processes (gloo).
 """
 
 from detectron2.config import get_cfg
@@ -17,7 +18,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from bio_detectron.config import add_bio_config, add_classification_config, fall_back_to_cpu
+from bio_detectron.config import add_bio_config, add_classification_config, check_model_device
 from bio_detectron.engine.classification import ClassificationTrainer, build_classification_trainer
 
 
@@ -27,7 +28,7 @@ def setup(args):
     add_classification_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    fall_back_to_cpu(cfg)
+    check_model_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bio_detectron")

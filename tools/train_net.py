@@ -14,7 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bio_detectron  # noqa: F401  (registers backbones, heads, meta-architectures, datasets)
-from bio_detectron.config import add_bio_config, fall_back_to_cpu
+from bio_detectron.config import add_bio_config, check_model_device
 from bio_detectron.engine import BioTrainer
 
 
@@ -23,7 +23,7 @@ def setup(args):
     add_bio_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    fall_back_to_cpu(cfg)
+    check_model_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bio_detectron")

@@ -1,14 +1,15 @@
 """
 The trainers and their hooks: detection (:class:`BioTrainer`, ``tools/train_net.py``), image
 classification (:class:`ClassificationTrainer`, ``tools/train_imagenet.py``) and LazyConfig
-(:class:`LazyTrainer`, ``tools/lazyconfig_train_net.py``). All three get bio_detectron's hooks
-from :func:`add_bio_hooks` and their precision from :func:`precision_trainer_class`.
+(:class:`LazyTrainer`, ``tools/lazyconfig_train_net.py``). All three are a
+:class:`BioTrainerBase`: detectron2's DefaultTrainer composition, with an inner step trainer
+chosen by precision (:func:`amp_precision`) and bio_detectron's hooks from :func:`add_bio_hooks`.
 """
 
 from .alignment_hook import AlignmentHook, build_alignment_hook
-from .amp import CPUAutocastTrainer, amp_precision, precision_trainer_class, with_precision
+from .amp import CPUAutocastTrainer, amp_precision, build_step_trainer
+from .base import BioTrainerBase
 from .classification import (
-    AMPClassificationTrainer,
     ClassificationCheckpointer,
     ClassificationTrainer,
     build_classification_trainer,
@@ -16,21 +17,14 @@ from .classification import (
 )
 from .ddp import create_ddp_model, unwrap_model
 from .hooks import FiniteLossCheck, add_bio_hooks, add_bio_hooks_from_cfg
-from .lazy import (
-    AMPLazyTrainer,
-    LazyTrainer,
-    build_lazy_trainer,
-    do_train,
-    load_lazy_config,
-)
+from .lazy import LazyTrainer, build_lazy_trainer, do_train, load_lazy_config
 from .mirror_hook import WeightMirrorHook, build_weight_mirror_hook, weight_mirror_hook
 from .trainer import BioTrainer
 
 __all__ = [
-    "AMPClassificationTrainer",
-    "AMPLazyTrainer",
     "AlignmentHook",
     "BioTrainer",
+    "BioTrainerBase",
     "CPUAutocastTrainer",
     "ClassificationCheckpointer",
     "ClassificationTrainer",
@@ -43,13 +37,12 @@ __all__ = [
     "build_alignment_hook",
     "build_classification_trainer",
     "build_lazy_trainer",
+    "build_step_trainer",
     "build_weight_mirror_hook",
     "create_ddp_model",
     "do_train",
     "evaluate_classifier",
     "load_lazy_config",
-    "precision_trainer_class",
     "unwrap_model",
     "weight_mirror_hook",
-    "with_precision",
 ]

@@ -1,12 +1,13 @@
 """
-Mixed precision, one rule for the three trainers (``SOLVER.AMP.ENABLED``, ``train.amp.enabled``):
+Mixed precision, one rule for the three trainers (``SOLVER.AMP.ENABLED``, ``train.amp.enabled``),
+chosen by :func:`amp_precision` and run by the inner step trainer :func:`build_step_trainer` makes:
 
 * on CUDA: float16 autocast with a gradient scaler, detectron2's ``AMPTrainer``;
 * on a CPU with native bfloat16 (AVX512-BF16 or AMX, as oneDNN reports it): bfloat16 autocast of
   the forward pass and the loss, :class:`CPUAutocastTrainer`; bfloat16 has float32's range, so no
   gradient scaler is needed;
 * elsewhere (a CPU without native bfloat16, where it would be emulated and slow): full precision,
-  with a warning naming the key.
+  detectron2's ``SimpleTrainer``, with a warning naming the key.
 
 Weights, gradients and the optimizer stay float32; converted layers cast under autocast as
 native ones do (see ``bio_detectron.core.layers``), and the alignment probe and the weight
@@ -15,7 +16,7 @@ mirror run outside the autocast region, in float32.
 
 import logging
 import time
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import torch
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
@@ -23,9 +24,8 @@ from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 __all__ = [
     "CPUAutocastTrainer",
     "amp_precision",
+    "build_step_trainer",
     "cpu_has_native_bfloat16",
-    "precision_trainer_class",
-    "with_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -33,11 +33,16 @@ logger = logging.getLogger(__name__)
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 convolutions and matrix products natively on this CPU."""
+    # torch.ops.mkldnn._is_mkldnn_bf16_supported is private: torch has no public query of native
+    # bfloat16 (torch.backends.cpu.get_cpu_capability() names the vector width only).
+    # tests/test_upstream_internals.py checks it against the CPU's flags.
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def amp_precision(enabled: bool, device, key: str) -> Optional[torch.dtype]:
     """
+    The one precision choice of the three trainers.
+
     Args:
         enabled: the config's AMP switch.
         device: the device training runs on.
@@ -69,6 +74,11 @@ class CPUAutocastTrainer(SimpleTrainer):
     """
 
     def run_step(self):
+        # A copy of SimpleTrainer.run_step (detectron2 0.7) with the forward pass and the loss
+        # inside autocast: SimpleTrainer has no seam around its forward, and autocast around the
+        # whole step would also cast the backward pass, the hooks' probes and the optimizer step.
+        # tests/test_upstream_internals.py fails when SimpleTrainer.run_step differs from this
+        # copy without the autocast block.
         assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
@@ -95,43 +105,20 @@ class CPUAutocastTrainer(SimpleTrainer):
         self.optimizer.step()
 
 
-# (trainer class, precision) -> the class combining them, made once so that its identity is stable.
-_COMBINED: Dict[Tuple[type, Optional[torch.dtype]], type] = {}
-# The step of each precision: float16 with a gradient scaler (CUDA), bfloat16 autocast (CPU).
+# The step trainer of each precision (what amp_precision returns).
 _STEPS = {None: SimpleTrainer, torch.float16: AMPTrainer, torch.bfloat16: CPUAutocastTrainer}
-_PREFIXES = {None: "", torch.float16: "AMP", torch.bfloat16: "CPUAMP"}
 
 
-def with_precision(base: type, precision: Optional[torch.dtype]) -> type:
+def build_step_trainer(
+    precision: Optional[torch.dtype], model, data_loader, optimizer
+) -> SimpleTrainer:
     """
     Args:
-        base: SimpleTrainer or a subclass of it (a trainer whose ``run_step`` is SimpleTrainer's).
         precision: what :func:`amp_precision` returned.
+        model, data_loader, optimizer: as detectron2's SimpleTrainer takes them.
 
     Returns:
-        type: ``base`` itself for full precision; else a subclass of ``base`` whose step is
-        detectron2's AMPTrainer's (float16) or :class:`CPUAutocastTrainer`'s (bfloat16), e.g.
-        ``AMPClassificationTrainer`` for the classification trainer.
+        SimpleTrainer: detectron2's SimpleTrainer (full precision), its AMPTrainer (float16 with a
+        gradient scaler) or :class:`CPUAutocastTrainer` (bfloat16), which runs one iteration.
     """
-    step = _STEPS[precision]
-    if issubclass(base, step):
-        return base
-    if issubclass(step, base):
-        return step
-    key = (base, precision)
-    if key not in _COMBINED:
-        name = _PREFIXES[precision] + base.__name__
-        _COMBINED[key] = type(name, (base, step), {"__module__": base.__module__})
-    return _COMBINED[key]
-
-
-def precision_trainer_class(base: type, enabled: bool, device, key: str) -> type:
-    """
-    The one precision choice of the three trainers: ``with_precision(base, amp_precision(...))``.
-
-    Args:
-        base: the trainer class for full precision (SimpleTrainer or a subclass).
-        enabled, device, key: the config's AMP switch, the device and the switch's key (see
-            :func:`amp_precision`).
-    """
-    return with_precision(base, amp_precision(enabled, device, key))
+    return _STEPS[precision](model, data_loader, optimizer)

@@ -1,6 +1,7 @@
 """
-The image-classification trainer of ``tools/train_imagenet.py``: detectron2's SimpleTrainer (or
-AMPTrainer) with its hooks, checkpointer and event writers, on ImageNet-style folders.
+The image-classification trainer of ``tools/train_imagenet.py``: detectron2's loop, step
+trainer, hooks, checkpointer and event writers (:class:`~.base.BioTrainerBase`), on ImageNet-style
+folders.
 
 Its checkpoints hold the ResNet under the names a detectron2 RetinaNet/FPN gives it
 (``backbone.bottom_up.*``), so ``OUTPUT_DIR/model_final.pth`` is a detector's ``MODEL.WEIGHTS``.
@@ -8,16 +9,12 @@ Its checkpoints hold the ResNet under the names a detectron2 RetinaNet/FPN gives
 
 import logging
 import time
-import warnings
-import weakref
 from collections import OrderedDict
 from typing import Dict, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
-from detectron2.engine.defaults import default_writers
-from detectron2.engine.train_loop import SimpleTrainer
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
 from torch import nn
@@ -31,18 +28,14 @@ from ..data.imagenet import (
 )
 from ..modeling.classification import build_classifier
 from ..solver import build_bio_optimizer
-from .amp import precision_trainer_class, with_precision
-from .ddp import create_ddp_model, sync_batchnorm_if_distributed
-from .hooks import add_bio_hooks_from_cfg
+from .base import BioTrainerBase
+from .ddp import sync_batchnorm_if_distributed
 
 __all__ = [
     "ClassificationCheckpointer",
     "ClassificationTrainer",
-    "AMPClassificationTrainer",
-    "CPUAMPClassificationTrainer",
     "build_classification_trainer",
     "evaluate_classifier",
-    "evaluate_checkpoint",
     "num_classes_from_cfg",
     "resolve_schedule",
 ]
@@ -151,6 +144,9 @@ class ClassificationCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables)
 
     def _load_model(self, checkpoint):
+        # Checkpointer._load_model is private, but it is the seam detectron2's own
+        # DetectionCheckpointer overrides to adjust a checkpoint before loading it.
+        # tests/test_upstream_internals.py fails if load() stops calling it.
         state = checkpoint["model"]
         expected = self.model.state_dict()
         prefix = "module."  # a DDP model's state dict, saved by hand
@@ -178,13 +174,13 @@ class ClassificationCheckpointer(DetectionCheckpointer):
         return super()._load_model(checkpoint)
 
 
-class ClassificationTrainer(SimpleTrainer):
+class ClassificationTrainer(BioTrainerBase):
     """
     Trains ``MODEL.CLASSIFIER.NAME`` on the train split of :func:`classification_root`, with
-    detectron2's SimpleTrainer loop (so ``after_backward`` hooks and forward hooks on the model
-    see each step) and hooks: iteration timer, LR schedule, periodic checkpoints, top-1/top-5 on
-    the val split every epoch (or every ``TEST.EVAL_PERIOD`` iterations when > 0) and at the end,
-    and metrics written to the console, ``metrics.json`` and TensorBoard.
+    detectron2's loop and hooks: iteration timer, LR schedule, periodic checkpoints, top-1/top-5
+    on the val split every epoch (or every ``TEST.EVAL_PERIOD`` iterations when > 0) and at the
+    end, and metrics written to the console, ``metrics.json`` and TensorBoard; the step, the
+    precision and bio_detectron's hooks are those of :class:`~.base.BioTrainerBase`.
 
     A non-finite loss on any process stops every process before the optimizer step, with a
     FloatingPointError naming the iteration; checkpoints written so far are untouched.
@@ -204,21 +200,11 @@ class ClassificationTrainer(SimpleTrainer):
             f"{list(cfg.SOLVER.STEPS)})"
         )
         optimizer = build_bio_optimizer(cfg, model)
-        # Per-process BatchNorm statistics, as the seed code: no buffer broadcast each step.
-        super().__init__(create_ddp_model(model, broadcast_buffers=False), data_loader, optimizer)
-
-        self.cfg = cfg
-        self.unwrapped_model = model
         self.train_set = train_set
         self.test_loader = build_classification_test_loader(cfg, dataset=val_set)
         self.scheduler = build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = ClassificationCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter, self.max_iter = 0, cfg.SOLVER.MAX_ITER
         self.iters_per_epoch = data_loader.iters_per_epoch
-        self._last_eval_results = None
-        self.register_hooks(self.build_hooks())
+        super().__init__(cfg, model, optimizer, data_loader)
 
     @classmethod
     def build_model(cls, cfg, num_classes: int) -> nn.Module:
@@ -226,6 +212,10 @@ class ClassificationTrainer(SimpleTrainer):
         model = sync_batchnorm_if_distributed(build_classifier(cfg, num_classes), cfg)
         logger.info(f"Model:\n{model}")
         return model
+
+    @classmethod
+    def build_checkpointer(cls, model, save_dir: str, **checkpointables):
+        return ClassificationCheckpointer(model, save_dir, **checkpointables)
 
     @classmethod
     def test(cls, cfg, model: nn.Module, dataset=None) -> Dict[str, Dict[str, float]]:
@@ -244,8 +234,8 @@ class ClassificationTrainer(SimpleTrainer):
             )
         return results
 
-    # Metrics are written every this many iterations.
-    WRITER_PERIOD = 20
+    def run_test(self):
+        return self.test(self.cfg, self.unwrapped_model, self.test_loader.dataset)
 
     @classmethod
     def evaluate(cls, cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
@@ -258,66 +248,29 @@ class ClassificationTrainer(SimpleTrainer):
         """
         val_set = build_classification_dataset(cfg, "val")
         model = cls.build_model(cfg, num_classes_from_cfg(cfg, val_set.classes))
-        checkpointer = ClassificationCheckpointer(model, cfg.OUTPUT_DIR)
-        if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
-            raise ValueError(
-                "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint "
-                f"in OUTPUT_DIR={cfg.OUTPUT_DIR!r})"
-            )
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-        return cls.test(cfg, model, val_set)
+        return cls.test(cfg, cls.load_weights(cfg, model, resume=resume), val_set)
 
-    def build_hooks(self):
+    def build_default_hooks(self):
         """
         Returns:
-            list[HookBase]: in order: the non-finite-loss stop, timer, LR schedule, the weight
-            mirror (MODEL.BIO.MIRROR, when the model has weight_mirror layers), checkpoints (main
-            process), evaluation, the alignment metrics when ``MODEL.BIO.ALIGNMENT.PERIOD`` > 0,
-            writers (main process; last, so that they write the evaluation and alignment results
-            of the same iteration). The bio hooks come from
-            :func:`~bio_detectron.engine.hooks.add_bio_hooks`, as in the other trainers.
+            list[HookBase]: timer, LR schedule, checkpoints (main process), evaluation every
+            epoch (or ``TEST.EVAL_PERIOD``), writers (main process; last, so that they write the
+            evaluation results of the same iteration).
         """
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler(self.optimizer, self.scheduler)]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-
-        def test_and_save_results():
-            self._last_eval_results = self.test(
-                self.cfg, self.unwrapped_model, self.test_loader.dataset
-            )
-            return self._last_eval_results
-
         period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else self.iters_per_epoch
-        ret.append(hooks.EvalHook(period, test_and_save_results))
+        ret.append(self.build_eval_hook(period))
         if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.WRITER_PERIOD))
-        return add_bio_hooks_from_cfg(
-            ret, self.unwrapped_model, cfg, writer_period=self.WRITER_PERIOD
-        )
-
-    def build_writers(self):
-        """Console line (losses, lr, images/s, ETA), ``metrics.json`` and TensorBoard."""
-        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.writer_period))
+        return ret
 
     def resume_or_load(self, resume: bool = True):
-        """
-        With ``resume`` and a checkpoint in OUTPUT_DIR: load it all (model with its feedback
-        buffers, optimizer, LR schedule, iteration) and continue after its iteration. Otherwise
-        load the model weights of ``MODEL.WEIGHTS``, if set, and start at iteration 0.
-        """
-        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
-            self.start_iter = self.iter + 1
+        """:meth:`BioTrainerBase.resume_or_load`; the loader continues at the start iteration."""
+        super().resume_or_load(resume=resume)
         self.data_loader.set_start_iter(self.start_iter)
-
-    def train(self):
-        """
-        Returns:
-            dict: the last evaluation's results, {"val": {"top1": %, "top5": %}}.
-        """
-        super().train(self.start_iter, self.max_iter)
-        return self._last_eval_results
 
     def run_step(self):
         start = time.perf_counter()
@@ -329,21 +282,7 @@ class ClassificationTrainer(SimpleTrainer):
             self.storage.put_scalar("data/skipped_images", self.train_set.num_skipped)
 
 
-AMPClassificationTrainer = with_precision(ClassificationTrainer, torch.float16)  # CUDA
-CPUAMPClassificationTrainer = with_precision(ClassificationTrainer, torch.bfloat16)
-
-
 def build_classification_trainer(cfg) -> ClassificationTrainer:
-    """The trainer for ``cfg``, in the precision ``SOLVER.AMP.ENABLED`` gives on its device."""
-    amp, device = cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE
-    return precision_trainer_class(ClassificationTrainer, amp, device, "SOLVER.AMP.ENABLED")(cfg)
-
-
-def evaluate_checkpoint(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
-    """Deprecated name of :meth:`ClassificationTrainer.evaluate`."""
-    warnings.warn(
-        "evaluate_checkpoint is ClassificationTrainer.evaluate now",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return ClassificationTrainer.evaluate(cfg, resume=resume)
+    """The trainer for ``cfg`` (its step in the precision ``SOLVER.AMP.ENABLED`` gives on its
+    device: :attr:`~.base.BioTrainerBase.precision`)."""
+    return ClassificationTrainer(cfg)

@@ -23,6 +23,7 @@ __all__ = [
     "YACS_ADVICE",
     "add_bio_hooks",
     "add_bio_hooks_from_cfg",
+    "yacs_hook_options",
 ]
 
 # What to try after a divergence, in the keys of a yacs config (MODEL.BIO).
@@ -217,21 +218,27 @@ def add_bio_hooks(
     return out
 
 
-def add_bio_hooks_from_cfg(hooks, model, cfg, writer_period: Optional[int] = None):
+def yacs_hook_options(cfg) -> dict:
     """
-    :func:`add_bio_hooks` with the keys of a yacs config: ``MODEL.BIO.ALIGNMENT.PERIOD``,
-    ``MODEL.BIO.MIRROR.*`` and ``MODEL.BIO.SEED`` (the detection and classification trainers).
+    :func:`add_bio_hooks`'s options from the keys of a yacs config: ``MODEL.BIO.ALIGNMENT.PERIOD``,
+    ``MODEL.BIO.MIRROR.*``, ``MODEL.BIO.SEED`` and ``MODEL.BIO.COMPILE.*`` (the detection and
+    classification trainers).
     """
-
     c = cfg.MODEL.BIO.COMPILE
     switch = {"enabled": c.ENABLED, "mode": c.MODE, "backend": c.BACKEND}
-    return add_bio_hooks(
-        hooks,
-        model,
+    return dict(
         alignment_period=cfg.MODEL.BIO.ALIGNMENT.PERIOD,
         mirror_options=mirror_options(cfg),
         seed=cfg.MODEL.BIO.SEED,
-        writer_period=writer_period,
         keys={"alignment_period": "MODEL.BIO.ALIGNMENT.PERIOD", **MIRROR_CFG_KEYS},
         compiled=compile_options(switch, "MODEL.BIO.COMPILE"),
     )
+
+
+def add_bio_hooks_from_cfg(hooks, model, cfg, writer_period: Optional[int] = None):
+    """
+    :func:`add_bio_hooks` with the keys of a yacs config (:func:`yacs_hook_options`), e.g. for
+    detectron2's own DefaultTrainer: ``trainer.register_hooks(add_bio_hooks_from_cfg([],
+    trainer.model, cfg, writer_period=20))``.
+    """
+    return add_bio_hooks(hooks, model, writer_period=writer_period, **yacs_hook_options(cfg))

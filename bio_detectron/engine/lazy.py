@@ -9,7 +9,7 @@ the yacs path:
 * a stop with a clear message, before the optimizer step, when a loss becomes non-finite
   (:class:`~.hooks.FiniteLossCheck`);
 * the alignment metrics every ``train.bio_alignment_period`` iterations (:class:`AlignmentHook`);
-* ``train.device`` "cuda" falls back to "cpu", with a warning, when CUDA is missing;
+* ``train.device`` "cuda" on a machine without CUDA is an error that says how to choose the CPU;
 * the embedded datasets' files generated before ``dataloader.evaluator`` opens them;
 * without ``dataloader.evaluator``, the evaluator of the test dataset's ``evaluator_type``
   (:mod:`~.evaluation`).
@@ -29,27 +29,22 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
 
 import logging
 import os
-import warnings
-import weakref
 from collections import OrderedDict
 from typing import Optional
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import SimpleTrainer, default_writers, hooks
+from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from torch import nn
 
-from ..config import device_or_cpu
+from ..config import check_device
 from ..core.mirror import MIRROR_DEFAULTS
 from ..data import ensure_dataset_files
 from ..evaluation import build_dataset_evaluator, check_evaluator
 from ..validate import nonnegative_int
-from .amp import precision_trainer_class, with_precision
-from .ddp import create_ddp_model
-from .hooks import add_bio_hooks, compile_options
+from .base import LAZY_KEYS, BioTrainerBase
+from .hooks import compile_options
 
 __all__ = [
     "ALIGNMENT_PERIOD_KEY",
@@ -58,13 +53,9 @@ __all__ = [
     "alignment_period",
     "build_lazy_model",
     "default_lazy_evaluator",
-    "do_test",
     "LazyTrainer",
-    "AMPLazyTrainer",
-    "CPUAMPLazyTrainer",
     "build_lazy_trainer",
     "do_train",
-    "evaluate_lazy_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,15 +75,15 @@ LAZY_ADVICE = (
 def load_lazy_config(path: str, opts=()):
     """
     Load a LazyConfig file, apply command-line overrides ("key=value") and check bio_detectron's
-    keys: ``train.device`` becomes "cpu" when it names CUDA and none is available (a warning says
-    so), ``train.bio_alignment_period`` must be an integer >= 0 and ``train.bio_compile`` a
-    switch :func:`~.hooks.compile_options` takes.
+    keys: ``train.device`` must not name CUDA where there is none, ``train.bio_alignment_period``
+    must be an integer >= 0 and ``train.bio_compile`` a switch :func:`~.hooks.compile_options`
+    takes.
 
     Returns:
         omegaconf.DictConfig: the config.
     """
     cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(opts))
-    cfg.train.device = device_or_cpu(cfg.train.device, "train.device")
+    check_device(cfg.train.device, "train.device", "train.device=cpu")
     alignment_period(cfg)
     compile_options(cfg.train.get("bio_compile", None), COMPILE_KEY)
     return cfg
@@ -127,15 +118,18 @@ def build_lazy_model(cfg) -> nn.Module:
     return model.to(cfg.train.device)
 
 
-class LazyTrainer(SimpleTrainer):
+class LazyTrainer(BioTrainerBase):
     """
-    Trains ``cfg.model`` with detectron2's SimpleTrainer loop and the hooks of its lazy training
-    template: iteration timer, ``cfg.lr_multiplier``, periodic checkpoints
-    (``train.checkpointer``), evaluation every ``train.eval_period`` iterations and at the end,
-    and metrics written every ``train.log_period`` iterations to the console, ``metrics.json``
-    and TensorBoard; plus the alignment metrics when ``train.bio_alignment_period`` > 0, and a
-    stop naming the iteration when a loss becomes non-finite on any process.
+    Trains ``cfg.model`` with detectron2's loop and the hooks of its lazy training template:
+    iteration timer, ``cfg.lr_multiplier``, periodic checkpoints (``train.checkpointer``),
+    evaluation every ``train.eval_period`` iterations and at the end, and metrics written every
+    ``train.log_period`` iterations to the console, ``metrics.json`` and TensorBoard; the step,
+    the precision (``train.amp.enabled``) and bio_detectron's hooks (the alignment metrics when
+    ``train.bio_alignment_period`` > 0, a stop naming the iteration when a loss becomes
+    non-finite on any process) are those of :class:`~.base.BioTrainerBase`.
     """
+
+    KEYS = LAZY_KEYS
 
     def __init__(self, cfg):
         """
@@ -151,16 +145,11 @@ class LazyTrainer(SimpleTrainer):
         cfg.optimizer.params.model = model  # as detectron2's template: the optimizer's params
         optimizer = instantiate(cfg.optimizer)
         data_loader = instantiate(cfg.dataloader.train)
-        super().__init__(create_ddp_model(model, **cfg.train.ddp), data_loader, optimizer)
+        super().__init__(cfg, model, optimizer, data_loader, ddp_options=dict(cfg.train.ddp))
 
-        self.cfg = cfg
-        self.unwrapped_model = model
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.train.output_dir, trainer=weakref.proxy(self)
-        )
-        self.start_iter, self.max_iter = 0, cfg.train.max_iter
-        self._last_eval_results = None
-        self.register_hooks(self.build_hooks())
+    @property
+    def writer_period(self) -> int:
+        return self.cfg.train.log_period
 
     @classmethod
     def test(cls, cfg, model: nn.Module) -> Optional[OrderedDict]:
@@ -193,88 +182,46 @@ class LazyTrainer(SimpleTrainer):
         ``--eval-only``: build the model, load ``train.init_checkpoint`` (or, with ``resume``, the
         last checkpoint of ``train.output_dir``) and evaluate it with :meth:`test`.
         """
-        model = build_lazy_model(cfg)
-        checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
-        if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
-            raise ValueError(
-                "--eval-only needs weights: set train.init_checkpoint=<file> (or use --resume with "
-                f"a checkpoint in train.output_dir={cfg.train.output_dir!r})"
-            )
-        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-        return cls.test(cfg, model)
+        return cls.test(cfg, cls.load_weights(cfg, build_lazy_model(cfg), resume=resume))
 
-    def build_hooks(self):
+    def build_default_hooks(self):
         """
         Returns:
-            list[HookBase or None]: the non-finite-loss stop, timer, LR schedule, the weight mirror
-            (``train.bio_mirror``, when the model has weight_mirror layers), checkpoints (main
-            process), evaluation, alignment metrics (when on), writers (main process; last, so
-            that they write the evaluation and alignment results of the same iteration). The bio
-            hooks come from :func:`~bio_detectron.engine.hooks.add_bio_hooks`, as in the other
-            trainers.
+            list[HookBase or None]: the hooks of detectron2's lazy template: timer, LR schedule,
+            checkpoints (main process), evaluation, writers (main process; last, so that they
+            write the evaluation results of the same iteration).
         """
         cfg = self.cfg
         main = comm.is_main_process()
-
-        def test_and_save_results():
-            # The unwrapped model: a DDP wrapper's buffer broadcast (train.ddp.broadcast_buffers)
-            # would wait for processes with fewer test batches.
-            self._last_eval_results = self.test(cfg, self.unwrapped_model)
-            return self._last_eval_results
-
-        writer = hooks.PeriodicWriter(
-            default_writers(cfg.train.output_dir, self.max_iter), period=cfg.train.log_period
-        )
+        writer = hooks.PeriodicWriter(self.build_writers(), period=self.writer_period)
         checkpointer = hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
-        stock = [
+        return [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             checkpointer if main else None,
-            hooks.EvalHook(cfg.train.eval_period, test_and_save_results),
+            self.build_eval_hook(cfg.train.eval_period),
             writer if main else None,
         ]
+
+    def bio_hook_options(self) -> dict:
+        """:func:`~.hooks.add_bio_hooks`'s options from ``train.bio_*`` and ``model.seed``."""
+        cfg = self.cfg
         keys = {k: f"{MIRROR_KEY}.{k}" for k in MIRROR_DEFAULTS}
         keys.update(alignment_period=ALIGNMENT_PERIOD_KEY, mirror=MIRROR_KEY)
-        return add_bio_hooks(
-            stock,
-            self.unwrapped_model,
+        return dict(
             alignment_period=alignment_period(cfg),
             mirror_options=dict(cfg.train.get("bio_mirror", None) or {}),
             seed=cfg.model.get("seed", 0) if hasattr(cfg.model, "get") else 0,
-            writer_period=cfg.train.log_period,
             advice=LAZY_ADVICE,
             keys=keys,
             compiled=compile_options(cfg.train.get("bio_compile", None), COMPILE_KEY),
         )
 
-    def resume_or_load(self, resume: bool = True):
-        """
-        With ``resume`` and a checkpoint in ``train.output_dir``: load it all (model with its
-        feedback state, optimizer, LR schedule, iteration) and continue after its iteration.
-        Otherwise load the model weights of ``train.init_checkpoint``, if set, and start at 0.
-        """
-        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
-            # The checkpoint stores the iteration that just finished.
-            self.start_iter = self.iter + 1
-
-    def train(self):
-        """
-        Returns:
-            OrderedDict or None: the results of the last evaluation (see :meth:`test`).
-        """
-        super().train(self.start_iter, self.max_iter)
-        return self._last_eval_results
-
-
-AMPLazyTrainer = with_precision(LazyTrainer, torch.float16)  # float16 with a gradient scaler, CUDA
-CPUAMPLazyTrainer = with_precision(LazyTrainer, torch.bfloat16)  # bfloat16 autocast, CPU
-
 
 def build_lazy_trainer(cfg) -> LazyTrainer:
-    """The trainer for ``cfg``, in the precision ``train.amp.enabled`` gives on its device."""
-    trainer = precision_trainer_class
-    return trainer(LazyTrainer, cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled")(cfg)
+    """The trainer for ``cfg`` (its step in the precision ``train.amp.enabled`` gives on its
+    device: :attr:`~.base.BioTrainerBase.precision`)."""
+    return LazyTrainer(cfg)
 
 
 def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:
@@ -288,17 +235,3 @@ def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:
     trainer = build_lazy_trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
-
-
-def evaluate_lazy_checkpoint(cfg, resume: bool = False) -> Optional[OrderedDict]:
-    """Deprecated name of :meth:`LazyTrainer.evaluate`."""
-    warnings.warn(
-        "evaluate_lazy_checkpoint is LazyTrainer.evaluate now", DeprecationWarning, stacklevel=2
-    )
-    return LazyTrainer.evaluate(cfg, resume=resume)
-
-
-def do_test(cfg, model: nn.Module) -> Optional[OrderedDict]:
-    """Deprecated name of :meth:`LazyTrainer.test`."""
-    warnings.warn("do_test is LazyTrainer.test now", DeprecationWarning, stacklevel=2)
-    return LazyTrainer.test(cfg, model)

@@ -1,30 +1,25 @@
 """The detection trainer: detectron2's DefaultTrainer with bio_detectron's pieces plugged in."""
 
 import logging
-import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer
-from detectron2.engine.train_loop import TrainerBase
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
 from ..evaluation import build_evaluator, check_evaluator
 from ..solver import build_bio_optimizer
-from .amp import precision_trainer_class
-from .ddp import create_ddp_model, sync_batchnorm_if_distributed
-from .hooks import add_bio_hooks_from_cfg
+from .base import BioTrainerBase
+from .ddp import sync_batchnorm_if_distributed
 
 __all__ = ["BioTrainer"]
 
-logger = logging.getLogger(__name__)
 
-
-class BioTrainer(DefaultTrainer):
+class BioTrainer(BioTrainerBase):
     """
-    detectron2's DefaultTrainer, with:
+    detectron2's DefaultTrainer (its hooks, builders and ``test``), with:
 
     * DistributedDataParallel that works for CPU processes (gloo) as well as CUDA ones;
     * BatchNorm turned into SyncBatchNorm when training with several CUDA processes
@@ -40,40 +35,22 @@ class BioTrainer(DefaultTrainer):
       else full precision with a warning (:mod:`bio_detectron.engine.amp`).
     """
 
-    # DefaultTrainer.build_hooks writes metrics every 20 iterations (a literal there, with no
-    # public way to read it back); tests/test_detection.py fails if that changes.
-    WRITER_PERIOD = 20
-
     def __init__(self, cfg):
-        # What DefaultTrainer.__init__ does, in its order, but with this package's DDP wrapper
-        # (detectron2's passes device_ids, which CPU modules refuse) and step class (detectron2's
-        # picks AMPTrainer whenever SOLVER.AMP.ENABLED, which needs CUDA). DefaultTrainer offers no
-        # seam to choose either, so this is the one place that sets its private ``_trainer``, which
-        # its run_step, state_dict and model/optimizer/data_loader properties read.
-        # tests/test_detection.py fails if DefaultTrainer.__init__ sets attributes this does not.
-        TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
-        step = precision_trainer_class(
-            SimpleTrainer, cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED"
-        )
-        self._trainer = step(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
         if type(self).build_evaluator.__func__ is BioTrainer.build_evaluator.__func__:
             for name in cfg.DATASETS.TEST:  # fail now, not after training
                 check_evaluator(name)
-        self.register_hooks(self.build_hooks())
+        super().__init__(cfg, model, optimizer, data_loader)
+
+    def build_default_hooks(self):
+        """DefaultTrainer's hooks (its EvalHook keeps the results in ``_last_eval_results``)."""
+        return DefaultTrainer.build_hooks(self)
 
     def train(self):
         """
@@ -81,8 +58,11 @@ class BioTrainer(DefaultTrainer):
             OrderedDict or None: the results of the last evaluation (``TEST.EVAL_PERIOD``, and
             the final one), as ``DefaultTrainer.test`` returns them.
         """
-        super().train()
-        return getattr(self, "_last_eval_results", None)
+        results = super().train()
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():  # as DefaultTrainer
+            assert results is not None, "No evaluation results obtained during training!"
+            verify_results(self.cfg, results)
+        return results
 
     @classmethod
     def build_model(cls, cfg):
@@ -115,13 +95,4 @@ class BioTrainer(DefaultTrainer):
         Returns:
             OrderedDict: dataset name -> the evaluator's results.
         """
-        model = cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=resume
-        )
-        return cls.test(cfg, model)
-
-    def build_hooks(self):
-        return add_bio_hooks_from_cfg(
-            super().build_hooks(), self.model, self.cfg, writer_period=self.WRITER_PERIOD
-        )
+        return cls.test(cfg, cls.load_weights(cfg, cls.build_model(cfg), resume=resume))

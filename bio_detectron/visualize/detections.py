@@ -22,10 +22,10 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
 
-from ..config import add_bio_config, fall_back_to_cpu
+from ..config import add_bio_config, check_model_device
 from ..data import ensure_dataset_files
-from ..engine.trainer import BioTrainer
 from .drawing import class_colors, compose, draw, ground_truth, write_png
 
 __all__ = [
@@ -54,7 +54,11 @@ def setup_cfg(config_file, opts):
         opts (list[str]): config options KEY VALUE, merged after the file.
 
     Returns:
-        CfgNode: frozen; ``MODEL.DEVICE`` "cuda" becomes "cpu" (with a warning) without CUDA.
+        CfgNode: frozen.
+
+    Raises:
+        ValueError: ``MODEL.DEVICE`` names CUDA on a machine without it (the error says how to
+            choose the CPU).
     """
     if not os.path.isfile(config_file):
         raise VisualizeError(f"--config-file {config_file}: no such file")
@@ -62,7 +66,7 @@ def setup_cfg(config_file, opts):
     add_bio_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    fall_back_to_cpu(cfg)
+    check_model_device(cfg)
     cfg.freeze()
     return cfg
 
@@ -70,8 +74,9 @@ def setup_cfg(config_file, opts):
 class KeepingCheckpointer(DetectionCheckpointer):
     """
     Keeps what ``load()`` only logs, in ``self.incompatible``: the parameters the file lacks or
-    has in another shape. ``_load_model`` is the seam detectron2's own checkpointer overrides to
-    adjust them; tests/test_visualize.py fails if it stops being called.
+    has in another shape. ``_load_model`` is private, but it is the seam detectron2's own
+    checkpointer overrides to adjust them; tests/test_upstream_internals.py fails if ``load()``
+    stops calling it.
     """
 
     def _load_model(self, checkpoint):
@@ -81,7 +86,7 @@ class KeepingCheckpointer(DetectionCheckpointer):
 
 def load_model(cfg, weights):
     """
-    The project's trainer's model with ``weights`` loaded, in eval mode. Weights that leave
+    The model of ``cfg`` with ``weights`` loaded, in eval mode. Weights that leave
     parameters of the model unloaded are an error: the figure would show random weights.
 
     Args:
@@ -89,11 +94,12 @@ def load_model(cfg, weights):
         weights (str): a checkpoint file or a URL detectron2's checkpointer opens.
 
     Returns:
-        nn.Module: ``BioTrainer.build_model(cfg)``, loaded, in eval mode.
+        nn.Module: detectron2's ``build_model(cfg)`` (``import bio_detectron`` registered this
+        package's architectures), loaded, in eval mode.
     """
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise VisualizeError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: only RGB and BGR are drawn")
-    model = BioTrainer.build_model(cfg)
+    model = build_model(cfg)
     checkpointer = KeepingCheckpointer(model)
     checkpointer.load(weights)
     wrong = checkpointer.incompatible
