@@ -225,11 +225,11 @@ def pretrained(tmp_path_factory):
 def agreement(tmp_path_factory, pretrained):
     from detectron2.engine import launch
 
-    from bio_detectron.data import ensure_shapes_classification
+    from bio_detectron.data import classification_folder
 
-    root = ensure_shapes_classification(
-        root=str(tmp_path_factory.mktemp("cls")), image_size=32, num_train_per_class=4,
-        num_val_per_class=2,
+    root = classification_folder(
+        "shapes", root=str(tmp_path_factory.mktemp("cls")), image_size=32,
+        num_train_per_class=4, num_val_per_class=2,
     )  # fmt: skip
     out = str(tmp_path_factory.mktemp("agreement"))
     cases = _cases(pretrained, root)

@@ -15,10 +15,9 @@ from PIL import Image
 from bio_detectron.config import add_bio_config
 from bio_detectron.data import (
     PHOTO_CLASSES,
-    ensure_photos_classification,
-    ensure_photos_dataset,
+    classification_folder,
+    generated_dataset,
     photos,
-    photos_dataset_paths,
 )
 from bio_detectron.data.drawing import polygon_mask
 
@@ -29,12 +28,12 @@ TINY = dict(image_size=96, num_train=16, num_val=4, seed=5)
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("datasets"))
-    ensure_photos_dataset("train", root=root, **TINY)
+    generated_dataset("photos", "train", root=root, **TINY)
     return root
 
 
 def _coco(root, split="train"):
-    json_file, image_root = photos_dataset_paths(split, root=root, **TINY)
+    json_file, image_root = generated_dataset("photos", split, generate=False, root=root, **TINY)
     with open(json_file) as f:
         return json.load(f), image_root
 
@@ -64,10 +63,14 @@ def test_source_photographs_are_the_ones_the_set_was_made_from(caplog):
 
 
 def test_generation_is_deterministic(tiny_root, tmp_path):
-    ensure_photos_dataset("val", root=str(tmp_path), **TINY)
+    generated_dataset("photos", "val", root=str(tmp_path), **TINY)
     for split in ("train", "val"):
-        a_json, a_images = photos_dataset_paths(split, root=tiny_root, **TINY)
-        b_json, b_images = photos_dataset_paths(split, root=str(tmp_path), **TINY)
+        a_json, a_images = generated_dataset(
+            "photos", split, generate=False, root=tiny_root, **TINY
+        )
+        b_json, b_images = generated_dataset(
+            "photos", split, generate=False, root=str(tmp_path), **TINY
+        )
         assert open(a_json, "rb").read() == open(b_json, "rb").read()
         names = sorted(os.listdir(a_images))
         assert len(names) == TINY[f"num_{split}"]
@@ -128,12 +131,12 @@ def test_registered_with_coco_metadata_and_mini_copies():
 
 def test_image_size_too_small_is_refused(tmp_path):
     with pytest.raises(ValueError, match="image_size must be at least 64 pixels, got 32"):
-        ensure_photos_dataset("train", root=str(tmp_path), image_size=32)
+        generated_dataset("photos", "train", root=str(tmp_path), image_size=32)
 
 
 def test_classification_folder_has_one_object_of_each_class(tmp_path):
-    root = ensure_photos_classification(
-        root=str(tmp_path), image_size=48, num_train_per_class=2, num_val_per_class=1
+    root = classification_folder(
+        "photos", root=str(tmp_path), image_size=48, num_train_per_class=2, num_val_per_class=1
     )
     for split, n in (("train", 2), ("val", 1)):
         classes = sorted(os.listdir(os.path.join(root, split)))
