@@ -8,7 +8,6 @@ Its checkpoints hold the ResNet under the names a detectron2 RetinaNet/FPN gives
 
 import logging
 import time
-import warnings
 import weakref
 from collections import OrderedDict
 from typing import Dict, Sequence
@@ -42,7 +41,6 @@ __all__ = [
     "CPUAMPClassificationTrainer",
     "build_classification_trainer",
     "evaluate_classifier",
-    "evaluate_checkpoint",
     "num_classes_from_cfg",
     "resolve_schedule",
 ]
@@ -337,13 +335,3 @@ def build_classification_trainer(cfg) -> ClassificationTrainer:
     """The trainer for ``cfg``, in the precision ``SOLVER.AMP.ENABLED`` gives on its device."""
     amp, device = cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE
     return precision_trainer_class(ClassificationTrainer, amp, device, "SOLVER.AMP.ENABLED")(cfg)
-
-
-def evaluate_checkpoint(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
-    """Deprecated name of :meth:`ClassificationTrainer.evaluate`."""
-    warnings.warn(
-        "evaluate_checkpoint is ClassificationTrainer.evaluate now",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return ClassificationTrainer.evaluate(cfg, resume=resume)

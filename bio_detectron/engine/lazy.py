@@ -29,7 +29,6 @@ The config has the keys of detectron2's ``configs/common/train.py`` (``model``, 
 
 import logging
 import os
-import warnings
 import weakref
 from collections import OrderedDict
 from typing import Optional
@@ -58,13 +57,11 @@ __all__ = [
     "alignment_period",
     "build_lazy_model",
     "default_lazy_evaluator",
-    "do_test",
     "LazyTrainer",
     "AMPLazyTrainer",
     "CPUAMPLazyTrainer",
     "build_lazy_trainer",
     "do_train",
-    "evaluate_lazy_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,17 +285,3 @@ def do_train(cfg, resume: bool = False) -> Optional[OrderedDict]:
     trainer = build_lazy_trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
-
-
-def evaluate_lazy_checkpoint(cfg, resume: bool = False) -> Optional[OrderedDict]:
-    """Deprecated name of :meth:`LazyTrainer.evaluate`."""
-    warnings.warn(
-        "evaluate_lazy_checkpoint is LazyTrainer.evaluate now", DeprecationWarning, stacklevel=2
-    )
-    return LazyTrainer.evaluate(cfg, resume=resume)
-
-
-def do_test(cfg, model: nn.Module) -> Optional[OrderedDict]:
-    """Deprecated name of :meth:`LazyTrainer.test`."""
-    warnings.warn("do_test is LazyTrainer.test now", DeprecationWarning, stacklevel=2)
-    return LazyTrainer.test(cfg, model)
