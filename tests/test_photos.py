@@ -5,6 +5,7 @@ import glob
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -59,6 +60,20 @@ def test_source_photographs_are_the_ones_the_set_was_made_from(caplog):
         assert "'coins' installed here differs" in caplog.text
     finally:
         photos._DIGESTS["coins"] = original
+        photos.source_photo.cache_clear()
+
+
+@pytest.mark.parametrize("module, photo", [("skimage", "coins"), ("sklearn", "china")])
+def test_without_the_datasets_extra_the_error_names_it(monkeypatch, module, photo):
+    # What Python does for a package that is not installed; its submodules are dropped too.
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)
+    photos.source_photo.cache_clear()
+    try:
+        with pytest.raises(ModuleNotFoundError, match=r"pip install 'bio_detectron\[datasets\]'"):
+            photos.source_photo(photo)
+    finally:
         photos.source_photo.cache_clear()
 
 
