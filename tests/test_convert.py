@@ -163,7 +163,8 @@ def test_layer_the_rule_cannot_act_on_is_refused_by_name_or_skipped_with_warning
 
 
 def test_rules_of_is_truthful_about_attention():
-    model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
+    with pytest.warns(UserWarning, match="attn.out_proj: MultiheadAttention 'attn' reads"):
+        model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
     assert bd.rules_of(model) == {
         "attn": "none",
         "attn.out_proj": "none",

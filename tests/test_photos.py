@@ -26,6 +26,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=96, num_train=16, num_val=4, seed=5)
 
 
+def _bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("datasets"))
@@ -86,12 +91,12 @@ def test_generation_is_deterministic(tiny_root, tmp_path):
         b_json, b_images = generated_dataset(
             "photos", split, generate=False, root=str(tmp_path), **TINY
         )
-        assert open(a_json, "rb").read() == open(b_json, "rb").read()
+        assert _bytes(a_json) == _bytes(b_json)
         names = sorted(os.listdir(a_images))
         assert len(names) == TINY[f"num_{split}"]
         for name in names:
             a, b = os.path.join(a_images, name), os.path.join(b_images, name)
-            assert open(a, "rb").read() == open(b, "rb").read()
+            assert _bytes(a) == _bytes(b)
 
 
 def test_annotations_are_the_pasted_cuts(tiny_root):
@@ -159,7 +164,8 @@ def test_classification_folder_has_one_object_of_each_class(tmp_path):
         for c in classes:
             files = os.listdir(os.path.join(root, split, c))
             assert len(files) == n
-            assert Image.open(os.path.join(root, split, c, files[0])).size == (48, 48)
+            with Image.open(os.path.join(root, split, c, files[0])) as image:
+                assert image.size == (48, 48)
 
 
 def _load(path):

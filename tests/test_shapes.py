@@ -96,7 +96,8 @@ def test_json_is_valid_coco(tiny_root):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))
         assert 1 <= len(anns) <= 5
         img = coco.loadImgs([img_id])[0]
-        assert Image.open(os.path.join(image_root, img["file_name"])).size == (size, size)
+        with Image.open(os.path.join(image_root, img["file_name"])) as image:
+            assert image.size == (size, size)
         for ann in anns:
             x, y, w, h = ann["bbox"]
             assert 0 <= x and 0 <= y and x + w <= size and y + h <= size
@@ -136,7 +137,8 @@ def test_boxes_match_drawn_shapes(tiny_root):
     checked = 0
     for img in coco.loadImgs(coco.getImgIds()):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
-        pixels = np.asarray(Image.open(os.path.join(image_root, img["file_name"])), np.float32)
+        with Image.open(os.path.join(image_root, img["file_name"])) as image:
+            pixels = np.asarray(image, np.float32)
         for ann in anns:
             color = np.array(ann["color"], np.float32)
             # The mask has the object's colour (up to noise and JPEG) for every shape whose box
@@ -278,7 +280,8 @@ def test_classification_folders(tmp_path):
         for name in classes:
             files = sorted(os.listdir(os.path.join(root, split, name)))
             assert len(files) == count and all(f.endswith(".JPEG") for f in files)
-            assert Image.open(os.path.join(root, split, name, files[0])).size == (32, 32)
+            with Image.open(os.path.join(root, split, name, files[0])) as image:
+                assert image.size == (32, 32)
     # A second call reuses the cache instead of generating again.
     stamp = os.stat(os.path.join(root, "train", "circle", "circle_00000.JPEG")).st_mtime_ns
     assert (

@@ -64,7 +64,8 @@ def test_annotations_fit_the_objects_and_objects_are_textured(tiny_root):
     assert len({a["category_id"] for a in coco["annotations"]}) >= 5
     inside, outside = [], []
     for img in coco["images"]:
-        pixels = np.asarray(Image.open(os.path.join(image_root, img["file_name"])), np.float32)
+        with Image.open(os.path.join(image_root, img["file_name"])) as image:
+            pixels = np.asarray(image, np.float32)
         edges = np.abs(np.diff(pixels, axis=1)).sum(-1)  # horizontal gradient, (H, W - 1)
         union = np.zeros(pixels.shape[:2], bool)
         for ann in by_image[img["id"]]:

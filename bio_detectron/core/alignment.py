@@ -100,7 +100,7 @@ def _norm_ratio(w: torch.Tensor, b: torch.Tensor) -> float:
 def weight_angle(module: nn.Module) -> float:
     """The angle in degrees between a converted layer's W and its feedback weight B."""
     _check_converted(module)
-    return angle_between(module.weight, module.feedback_weight())
+    return angle_between(module.weight.detach(), module.feedback_weight())
 
 
 def sign_concordance(module: nn.Module) -> float:
