@@ -141,6 +141,7 @@ SCANNED = (
     "docs",
     "tests",
     "README.md",
+    "CHANGELOG.md",
     "Makefile",
     "setup.py",
 )
