@@ -136,7 +136,7 @@ NOT_INSTALLED = sorted(
 ONLY_PYTORCH = r"""
 import sys, warnings
 for name in {blocked}:
-    sys.modules[name] = None  # what Python does for a package that is not installed
+    sys.modules[name] = None  # its import fails, and find_spec says None, as when not installed
 warnings.simplefilter("error")
 warnings.filterwarnings("ignore", "Failed to initialize NumPy")  # torch's own, without NumPy
 import torch
