@@ -9,7 +9,7 @@ STAMP := $(VENV)/.bio_detectron-installed
 
 install: $(STAMP)
 
-$(STAMP): setup.py tools/install_env.sh tools/install_detectron2.sh
+$(STAMP): setup.py bio_detectron/_extras.py tools/install_env.sh tools/install_detectron2.sh
 	PYTHON=$(PYTHON) bash tools/install_env.sh $(VENV)
 	touch $@
 

@@ -1,10 +1,13 @@
 import os
+import runpy
 import shutil
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# extra -> {requirement: module}; read from the file, as the package cannot be imported yet.
+EXTRAS = runpy.run_path(os.path.join(HERE, "bio_detectron", "_extras.py"))["EXTRAS"]
 
 
 class BuildPyWithConfigs(build_py):
@@ -43,29 +46,19 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tools", "configs")),
     cmdclass={"build_py": BuildPyWithConfigs},
-    # torch >= 2.7: torch.compiler.is_exporting (converted layers run the stock forward under
-    # torch.export). `make` (tools/install_env.sh) installs a matching torch/torchvision pair
-    # first; pip then finds them satisfied. detectron2 is optional (convert_model works without
-    # it) and not on PyPI under its own name: tools/install_detectron2.sh installs it.
-    install_requires=[
-        "torch>=2.7",
-        "torchvision",
-        "numpy",
-        "Pillow",
-        "fvcore",
-        "iopath",
-        "pycocotools>=2.0.2",
-        "opencv-python-headless",
-        "matplotlib",
-        "tabulate",
-        "tensorboard",
-        # The photographs of the embedded photos dataset (bio_detectron/data/photos.py).
-        "scikit-image",
-        "scikit-learn",
-    ],
+    # The core (bio_detectron.core) needs PyTorch only. torch >= 2.7:
+    # torch.compiler.is_exporting (converted layers run the stock forward under torch.export).
+    # `make` (tools/install_env.sh) installs a matching torch/torchvision pair first; pip then
+    # finds them satisfied.
+    install_requires=["torch>=2.7", "torchvision"],
+    # bio_detectron/_extras.py says what each extra is for. detectron2 itself is not on PyPI
+    # under its own name: tools/install_detectron2.sh installs it.
     extras_require={
-        "test": ["pytest", "pytest-timeout", "timm", "ruff==0.17.6"]
-    },  # timm: detectron2 ViTDet
+        **{extra: sorted(requirements) for extra, requirements in EXTRAS.items()},
+        "all": sorted({r for requirements in EXTRAS.values() for r in requirements}),
+        # timm: detectron2's ViTDet, built by a test.
+        "test": ["pytest", "pytest-timeout", "timm", "ruff==0.17.6"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

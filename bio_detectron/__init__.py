@@ -62,10 +62,13 @@ HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 _DETECTRON2_NAMES = ("add_bio_config", "add_classification_config", "bio_plausible")
 
 if HAS_DETECTRON2:
-    from .config import add_bio_config, add_classification_config  # isort: skip
-    from . import data as _data  # noqa: F401  (registers the embedded datasets)
-    from . import modeling as _modeling  # noqa: F401  (registers builders)
-    from .modeling import bio_plausible
+    from ._extras import needs_extra  # isort: skip
+
+    with needs_extra("detectron2", "bio_detectron's detectron2 integration"):
+        from .config import add_bio_config, add_classification_config  # isort: skip
+        from . import data as _data  # noqa: F401  (registers the embedded datasets)
+        from . import modeling as _modeling  # noqa: F401  (registers builders)
+        from .modeling import bio_plausible
 
 
 def __getattr__(name):
@@ -73,6 +76,7 @@ def __getattr__(name):
     if name in _DETECTRON2_NAMES:
         raise ImportError(
             f"bio_detectron.{name} needs detectron2, which is not installed; "
-            "bio_detectron.convert_model works without it (README, 'Installing as a library')"
+            "bio_detectron.convert_model works without it "
+            "(docs/usage.md, 'Installing as a library')"
         )
     raise AttributeError(f"module 'bio_detectron' has no attribute {name!r}")

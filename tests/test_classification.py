@@ -16,7 +16,7 @@ from PIL import Image
 
 from bio_detectron.config import add_bio_config, add_classification_config
 from bio_detectron.core.convert import rules_of
-from bio_detectron.data import ensure_shapes_classification
+from bio_detectron.data import classification_folder
 from bio_detectron.data.imagenet import (
     ClassificationTrainLoader,
     ImageFolderDataset,
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
-    return ensure_shapes_classification(root=str(tmp_path_factory.mktemp("datasets")), **SHAPES)
+    return classification_folder("shapes", root=str(tmp_path_factory.mktemp("datasets")), **SHAPES)
 
 
 def make_cfg(output_dir, root="", *opts):

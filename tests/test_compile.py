@@ -425,10 +425,10 @@ def test_train_net_compiles_trains_and_resumes_with_the_stock_keys(tmp_path):
 def test_classification_trainer_compiles_once_and_trains_as_in_eager_mode(tmp_path):
     from test_classification import SHAPES, make_cfg
 
-    from bio_detectron.data import ensure_shapes_classification
+    from bio_detectron.data import classification_folder
     from bio_detectron.engine.classification import ClassificationTrainer
 
-    root = ensure_shapes_classification(root=str(tmp_path / "datasets"), **SHAPES)
+    root = classification_folder("shapes", root=str(tmp_path / "datasets"), **SHAPES)
 
     def train(compiled):
         from detectron2.utils.env import seed_all_rng

@@ -192,7 +192,8 @@ def test_errors_about_an_argument_are_worded_with_the_callers_name_for_it():
 
 
 def test_rules_of_is_truthful_about_attention():
-    model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
+    with pytest.warns(UserWarning, match="attn.out_proj: MultiheadAttention 'attn' reads"):
+        model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
     assert bd.rules_of(model) == {
         "attn": "none",
         "attn.out_proj": "none",

@@ -25,7 +25,7 @@ from torch import nn
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
 from bio_detectron.core import probe as al
-from bio_detectron.data import ensure_shapes_classification
+from bio_detectron.data import classification_folder
 from bio_detectron.engine.classification import build_classification_trainer
 
 # cuBLAS is deterministic (torch.use_deterministic_algorithms) only with a fixed workspace, read
@@ -506,7 +506,8 @@ def test_train_net_in_an_nccl_process_group(tmp_path):
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
-    return ensure_shapes_classification(
+    return classification_folder(
+        "shapes",
         root=str(tmp_path_factory.mktemp("datasets")),
         image_size=32,
         num_train_per_class=4,

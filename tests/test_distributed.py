@@ -1,6 +1,7 @@
-"""Several processes train the same model: every process has the same feedback state B and the
-same parameters after training, for every rule with a state and both scales, in both trainers,
-through BioPlausible in stock detectron2's DefaultTrainer, and from pretrained weights.
+"""Several processes train the same model: every process has the same feedback tensor B and
+the same parameters after training, for every rule with a feedback tensor and both scales, in
+both trainers, through BioPlausible in stock detectron2's DefaultTrainer, and from pretrained
+weights.
 
 One 2-process CPU launch (gloo) runs all cases; each process hashes every tensor and the hashes
 are all-gathered and compared. default_setup seeds process r with SEED + r, so each process builds
@@ -25,7 +26,7 @@ INSTANT = os.path.join(
 )
 CLASSIFIER = os.path.join(REPO, "configs/ImageNet/resnet18_sign_symmetry.yaml")
 
-STATEFUL = sorted(name for name, cls in RULE_REGISTRY if cls.feedback_kind is not None)
+WITH_FEEDBACK = sorted(name for name, cls in RULE_REGISTRY if cls.feedback_kind is not None)
 SCALES = ("kaiming", "mean_abs")
 # Train few iterations, skip evaluation (no test set) and the probe: only agreement is checked.
 COMMON = [
@@ -113,7 +114,7 @@ def _agreement_worker(cases, output_dir):
 
 def _cases(pretrained, shapes_root):
     cases = []
-    for rule in STATEFUL:
+    for rule in WITH_FEEDBACK:
         for scale in SCALES:
             opts = ["MODEL.BIO.RULE", rule, "MODEL.BIO.SCALE", scale]
             cases.append({"name": f"{rule}/{scale}", "kind": "detection", "opts": COMMON + opts})
@@ -225,11 +226,11 @@ def pretrained(tmp_path_factory):
 def agreement(tmp_path_factory, pretrained):
     from detectron2.engine import launch
 
-    from bio_detectron.data import ensure_shapes_classification
+    from bio_detectron.data import classification_folder
 
-    root = ensure_shapes_classification(
-        root=str(tmp_path_factory.mktemp("cls")), image_size=32, num_train_per_class=4,
-        num_val_per_class=2,
+    root = classification_folder(
+        "shapes", root=str(tmp_path_factory.mktemp("cls")), image_size=32,
+        num_train_per_class=4, num_val_per_class=2,
     )  # fmt: skip
     out = str(tmp_path_factory.mktemp("agreement"))
     cases = _cases(pretrained, root)
@@ -251,11 +252,11 @@ def test_every_case_agrees_across_processes(agreement):
     for name, r in report.items():
         feedback = [n for n in r["compared"] if n.endswith(".feedback")]
         params = [n for n in r["compared"] if not n.endswith(".feedback")]
-        stateful = not name.startswith("sign_symmetry/")
+        with_feedback = not name.startswith("sign_symmetry/")
         # RetinaNet-R18 of the instant config: 34 layers; the classifier: 20 convs + fc (its
         # last layer stays on backprop by default).
         expected = 20 if name.startswith("classification") else 34
-        assert len(feedback) == (expected if stateful else 0), name
+        assert len(feedback) == (expected if with_feedback else 0), name
         assert len(params) > 60, name
         expected = [""] if name.startswith("classification") else ["backbone", "head"]
         assert r["compiled"] == (expected if "compiled" in name else []), name

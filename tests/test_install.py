@@ -2,6 +2,7 @@
 the repository (its configs shipped inside)."""
 
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 import bio_detectron as bd
 from bio_detectron import model_zoo
+from bio_detectron._extras import EXTRAS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -92,6 +94,11 @@ def test_a_broken_detectron2_is_an_error_not_an_absence(tmp_path):
     assert "RuntimeError: this detectron2 is broken" in result.stderr
 
 
+def _catches_import_error(handler):
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(n, ast.Name) and "ImportError" in n.id for n in names)
+
+
 def _module_level_imports(tree):
     """Modules imported when a file is imported: its statements outside functions and classes."""
     names, todo = [], list(tree.body)
@@ -101,33 +108,86 @@ def _module_level_imports(tree):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.append(node.module)
+        elif isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
+            continue  # an optional import: the module works without it
         elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             todo += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)]
     return names
 
 
-CORE = sorted(
-    f[: -len(".py")]
-    for f in os.listdir(os.path.join(REPO, "bio_detectron", "core"))
-    if f.endswith(".py")
+CORE = os.path.join(REPO, "bio_detectron", "core")
+
+
+@pytest.mark.parametrize(
+    "module", sorted(f[:-3] for f in os.listdir(CORE) if f.endswith(".py") and f != "__init__.py")
+)
+def test_the_core_imports_pytorch_and_the_standard_library_only(module):
+    imports = _module_level_imports(ast.parse(open(os.path.join(CORE, f"{module}.py")).read()))
+    top = {m.split(".")[0] for m in imports}
+    assert top - {"torch"} <= set(sys.stdlib_module_names), sorted(top)
+
+
+@pytest.mark.parametrize(
+    "module", sorted(f[:-3] for f in os.listdir(CORE) if f.endswith(".py") and f != "__init__.py")
+)
+def test_the_core_imports_nothing_of_the_integration_above_it(module):
+    tree = ast.parse(open(os.path.join(CORE, f"{module}.py")).read())
+    # From a function too: a relative import that climbs out of core/ points upwards.
+    upward = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 1]
+    assert not upward, upward
+
+
+# What `pip install bio_detectron` leaves out: detectron2 and every extra's modules (numpy and
+# Pillow too, though torchvision brings them, and torchvision itself: the core needs neither).
+NOT_INSTALLED = sorted(
+    {"detectron2", "torchvision", *(m for extra in EXTRAS.values() for m in extra.values())}
 )
 
+ONLY_PYTORCH = r"""
+import sys, warnings
+for name in {blocked}:
+    sys.modules[name] = None  # its import fails, and find_spec says None, as when not installed
+warnings.simplefilter("error")
+warnings.filterwarnings("ignore", "Failed to initialize NumPy")  # torch's own, without NumPy
+import torch
+import bio_detectron as bd
+from bio_detectron.core import convert_model
+from bio_detectron.core.probe import probe_gradients
 
-@pytest.mark.parametrize("module", CORE)
-def test_pure_pytorch_modules_import_nothing_of_detectron2(module):
-    path = os.path.join(REPO, "bio_detectron", "core", f"{module}.py")
-    tree = ast.parse(open(path).read())
-    imports = _module_level_imports(tree)
-    if module in ("rules", "layers", "convert"):
-        assert "torch" in imports
-    assert not [m for m in imports if m.split(".")[0] == "detectron2"], imports
-    # Nor anything of the integration above it, from a function either.
-    upward = [
-        node.module
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.level > 1
-    ]
-    assert not upward, upward
+assert not bd.HAS_DETECTRON2
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 6 * 6, 2))
+convert_model(model, "feedback_alignment")
+x = torch.randn(2, 3, 8, 8)
+grads = probe_gradients(model, (x,), loss_fn=lambda out: out.square().sum())
+assert set(grads) == {{"0", "3"}}, grads
+model(x).square().sum().backward()
+assert model[0].weight.grad.abs().sum() > 0
+loaded = [m for m in {blocked} if sys.modules.get(m) is not None]
+assert not loaded, loaded
+print("the core without", len({blocked}), "packages")
+"""
+
+
+def test_the_core_works_with_pytorch_alone(tmp_path):
+    result = _run(ONLY_PYTORCH.format(blocked=NOT_INSTALLED), cwd=str(tmp_path), pythonpath=REPO)
+    assert f"the core without {len(NOT_INSTALLED)} packages" in result.stdout
+
+
+@pytest.mark.parametrize("missing", ["pycocotools", "fvcore"])
+def test_a_missing_module_of_the_detectron2_extra_is_named(tmp_path, missing):
+    code = f"import sys; sys.modules[{missing!r}] = None; import bio_detectron"
+    result = _run(code, cwd=str(tmp_path), pythonpath=REPO, check=False)
+    assert result.returncode != 0
+    assert "bio_detectron's detectron2 integration needs" in result.stderr, result.stderr
+    assert "pip install 'bio_detectron[detectron2]'" in result.stderr, result.stderr
+
+
+def test_every_extra_is_installed_here():
+    # `make install` installs every extra, and the module names here are those pip installs.
+    missing = [m for m in NOT_INSTALLED if importlib.util.find_spec(m) is None]
+    assert not missing, missing
 
 
 # --- the configs, from the repository and from an installed package ---------------------------

@@ -31,7 +31,7 @@ def _conv_grads(conv, x):
     return x.grad, conv.weight.grad, (conv.bias.grad if conv.bias is not None else None), g
 
 
-@pytest.mark.parametrize("rule,variant", itertools.product(RULES, CONV_VARIANTS))
+@pytest.mark.parametrize("rule,variant", list(itertools.product(RULES, CONV_VARIANTS)))
 def test_conv_gradients_use_feedback_for_input_and_true_gradient_for_weight(rule, variant):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3, **variant).double()

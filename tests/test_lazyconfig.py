@@ -387,7 +387,9 @@ def test_shapes_configs_match_the_demo_schedule():
     from detectron2.solver import build_lr_scheduler
 
     params = [nn.Parameter(torch.zeros(1))]
-    yacs_sched = build_lr_scheduler(ycfg, torch.optim.SGD(params, lr=s.BASE_LR))
+    optimizer = torch.optim.SGD(params, lr=s.BASE_LR)
+    yacs_sched = build_lr_scheduler(ycfg, optimizer)
+    optimizer.step()  # training's order (no gradient: nothing moves), which torch checks
     multiplier = instantiate(cfg.lr_multiplier)
     for it in range(s.MAX_ITER):
         assert multiplier(it / s.MAX_ITER) * s.BASE_LR == pytest.approx(

@@ -145,7 +145,7 @@ def test_kolen_pollack_frozen_weight_freezes_b_and_probe_gives_b_no_gradient():
     assert torch.equal(model.conv1.feedback.grad, model.conv1.weight.grad)
 
 
-def test_kolen_pollack_state_saved_and_resumed_exactly(tmp_path):
+def test_kolen_pollack_feedback_saved_and_resumed_exactly(tmp_path):
     def train(model, opt, batches):
         for batch in batches:
             opt.zero_grad()

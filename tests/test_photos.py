@@ -5,6 +5,7 @@ import glob
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,10 +16,9 @@ from PIL import Image
 from bio_detectron.config import add_bio_config
 from bio_detectron.data import (
     PHOTO_CLASSES,
-    ensure_photos_classification,
-    ensure_photos_dataset,
+    classification_folder,
+    generated_dataset,
     photos,
-    photos_dataset_paths,
 )
 from bio_detectron.data.drawing import polygon_mask
 
@@ -26,15 +26,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=96, num_train=16, num_val=4, seed=5)
 
 
+def _bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("datasets"))
-    ensure_photos_dataset("train", root=root, **TINY)
+    generated_dataset("photos", "train", root=root, **TINY)
     return root
 
 
 def _coco(root, split="train"):
-    json_file, image_root = photos_dataset_paths(split, root=root, **TINY)
+    json_file, image_root = generated_dataset("photos", split, generate=False, root=root, **TINY)
     with open(json_file) as f:
         return json.load(f), image_root
 
@@ -63,17 +68,35 @@ def test_source_photographs_are_the_ones_the_set_was_made_from(caplog):
         photos.source_photo.cache_clear()
 
 
+@pytest.mark.parametrize("module, photo", [("skimage", "coins"), ("sklearn", "china")])
+def test_without_the_datasets_extra_the_error_names_it(monkeypatch, module, photo):
+    # What Python does for a package that is not installed; its submodules are dropped too.
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)
+    photos.source_photo.cache_clear()
+    try:
+        with pytest.raises(ModuleNotFoundError, match=r"pip install 'bio_detectron\[datasets\]'"):
+            photos.source_photo(photo)
+    finally:
+        photos.source_photo.cache_clear()
+
+
 def test_generation_is_deterministic(tiny_root, tmp_path):
-    ensure_photos_dataset("val", root=str(tmp_path), **TINY)
+    generated_dataset("photos", "val", root=str(tmp_path), **TINY)
     for split in ("train", "val"):
-        a_json, a_images = photos_dataset_paths(split, root=tiny_root, **TINY)
-        b_json, b_images = photos_dataset_paths(split, root=str(tmp_path), **TINY)
-        assert open(a_json, "rb").read() == open(b_json, "rb").read()
+        a_json, a_images = generated_dataset(
+            "photos", split, generate=False, root=tiny_root, **TINY
+        )
+        b_json, b_images = generated_dataset(
+            "photos", split, generate=False, root=str(tmp_path), **TINY
+        )
+        assert _bytes(a_json) == _bytes(b_json)
         names = sorted(os.listdir(a_images))
         assert len(names) == TINY[f"num_{split}"]
         for name in names:
             a, b = os.path.join(a_images, name), os.path.join(b_images, name)
-            assert open(a, "rb").read() == open(b, "rb").read()
+            assert _bytes(a) == _bytes(b)
 
 
 def test_annotations_are_the_pasted_cuts(tiny_root):
@@ -128,12 +151,12 @@ def test_registered_with_coco_metadata_and_mini_copies():
 
 def test_image_size_too_small_is_refused(tmp_path):
     with pytest.raises(ValueError, match="image_size must be at least 64 pixels, got 32"):
-        ensure_photos_dataset("train", root=str(tmp_path), image_size=32)
+        generated_dataset("photos", "train", root=str(tmp_path), image_size=32)
 
 
 def test_classification_folder_has_one_object_of_each_class(tmp_path):
-    root = ensure_photos_classification(
-        root=str(tmp_path), image_size=48, num_train_per_class=2, num_val_per_class=1
+    root = classification_folder(
+        "photos", root=str(tmp_path), image_size=48, num_train_per_class=2, num_val_per_class=1
     )
     for split, n in (("train", 2), ("val", 1)):
         classes = sorted(os.listdir(os.path.join(root, split)))
@@ -141,7 +164,8 @@ def test_classification_folder_has_one_object_of_each_class(tmp_path):
         for c in classes:
             files = os.listdir(os.path.join(root, split, c))
             assert len(files) == n
-            assert Image.open(os.path.join(root, split, c, files[0])).size == (48, 48)
+            with Image.open(os.path.join(root, split, c, files[0])) as image:
+                assert image.size == (48, 48)
 
 
 def _load(path):

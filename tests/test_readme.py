@@ -129,3 +129,101 @@ def test_the_commands_flags_are_the_tools_flags():
         for word in words[2:]:
             if word.startswith("--"):
                 assert re.search(rf"(^|\s|,){re.escape(word)}\b", helps[tool]), (tool, word)
+
+
+# --- references in comments, docstrings and documents -------------------------------------------
+
+# Where references to a document, a section or a file are written.
+SCANNED = (
+    "bio_detectron",
+    "tools",
+    "configs",
+    "docs",
+    "tests",
+    "README.md",
+    "CHANGELOG.md",
+    "Makefile",
+    "setup.py",
+)
+# A document's section, quoted after it: README, "Heading" / docs/usage.md, 'Heading'.
+SECTION = re.compile(r"\b(README|docs/[\w-]+\.md)[,:]?\s+(?:section\s+)?[\"']([^\"'\n]+)[\"']")
+# A document's anchor: docs/usage.md#installing-as-a-library.
+ANCHOR = re.compile(r"\b(README\.md|docs/[\w-]+\.md)#([\w-]+)")
+# A file of the repository: bio_detectron/..., tools/..., configs/..., docs/..., tests/...; not
+# one of detectron2's own ("detectron2's configs/common/train.py").
+PATH = re.compile(
+    r"(?<![\w/.-])(?<!detectron2's )(?<!detectron2's ``)"
+    r"((?:bio_detectron|tools|configs|docs|tests)/[\w/.-]*\w\.(?:py|yaml|md|sh|png))"
+)
+
+
+def _scanned_files():
+    for entry in SCANNED:
+        path = os.path.join(REPO, entry)
+        if os.path.isfile(path):
+            yield path
+            continue
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for f in sorted(files):
+                if f.endswith((".py", ".yaml", ".md", ".sh")):
+                    yield os.path.join(folder, f)
+
+
+def _headings(markdown):
+    return {h.strip() for h in re.findall(r"^#+\s+(.*)$", markdown, flags=re.M)}
+
+
+def _broken_references(text):
+    """The references in ``text`` that do not resolve, as messages."""
+    broken = []
+    for doc, section in SECTION.findall(text):
+        target = README if doc == "README" else os.path.join(REPO, doc)
+        if not os.path.exists(target):
+            broken.append(f"{doc}: no such file")
+        elif section not in _headings(_read(target)):
+            broken.append(f'{doc}, "{section}": no such heading')
+    for doc, anchor in ANCHOR.findall(text):
+        target = os.path.join(REPO, doc)
+        if not os.path.exists(target):
+            broken.append(f"{doc}: no such file")
+        elif anchor not in _anchors(_read(target)):
+            broken.append(f"{doc}#{anchor}: no such heading")
+    for path in PATH.findall(text):
+        if not os.path.exists(os.path.join(REPO, path)):
+            broken.append(f"{path}: no such file")
+    return sorted(set(broken))
+
+
+def test_every_reference_to_a_document_section_or_file_resolves():
+    broken = []
+    for path in _scanned_files():
+        if path == os.path.abspath(__file__):
+            continue  # its examples below
+        broken += [f"{os.path.relpath(path, REPO)}: {b}" for b in _broken_references(_read(path))]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_reference_forms_are_recognised():
+    # A form the scan stopped recognising would let every reference pass unchecked.
+    text = (
+        "see README, \"Set-up: two commands\"; docs/usage.md, 'LazyConfig'; "
+        "docs/usage.md#installing-as-a-library; tools/demo.py; bio_detectron/core/rules.py"
+    )
+    assert _broken_references(text) == []
+    wrong = (
+        'README, "Speed"; docs/usage.md, "Scale"; docs/usage.md#speed; docs/DATASETS.md#x; '
+        "tools/no_such_tool.py; bio_detectron/rules.py"
+    )
+    assert _broken_references(wrong) == sorted(
+        [
+            'README, "Speed": no such heading',
+            'docs/usage.md, "Scale": no such heading',
+            "docs/usage.md#speed: no such heading",
+            "docs/DATASETS.md: no such file",
+            "tools/no_such_tool.py: no such file",
+            "bio_detectron/rules.py: no such file",
+        ]
+    )
+    # detectron2's own files are not ours to resolve
+    assert _broken_references("detectron2's configs/common/train.py") == []

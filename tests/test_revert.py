@@ -119,7 +119,7 @@ def test_reverted_model_is_the_stock_model(model_name, rule):
     bd.convert_model(model, rule, seed=1)
     assert set(bd.rules_of(model).values()) == {RULE_IDS[RULES.index(rule)]}
     x = torch.randn(shape)
-    _train_step(model, x)  # the rule's state is made, and used
+    _train_step(model, x)  # the rule's feedback tensor is made, and used
     if getattr(rule, "feedback_kind", None) == "parameter" or rule in ("feedback_alignment",):
         assert any("feedback" in k for k in model.state_dict())
 

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config, add_classification_config
 from bio_detectron.core.optim import BatchManhattanSGD
-from bio_detectron.data import ensure_shapes_classification
+from bio_detectron.data import classification_folder
 from bio_detectron.engine import BioTrainer, ClassificationTrainer, WeightMirrorHook
 from bio_detectron.modeling.classification import build_classifier
 
@@ -97,8 +97,12 @@ def _classification_cfg(output_dir, root, rule, max_iter):
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["kolen_pollack", "weight_mirror"])
 def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule):
-    root = ensure_shapes_classification(
-        root=str(tmp_path / "data"), image_size=32, num_train_per_class=2, num_val_per_class=1
+    root = classification_folder(
+        "shapes",
+        root=str(tmp_path / "data"),
+        image_size=32,
+        num_train_per_class=2,
+        num_val_per_class=1,
     )
     first = ClassificationTrainer(_classification_cfg(tmp_path, root, rule, 2))
     if rule == "weight_mirror":

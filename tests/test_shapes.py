@@ -21,13 +21,12 @@ from bio_detectron.data import (
     CLASSIFICATION_CLASSES,
     DETECTION_CLASSES,
     CheckedDatasetMapper,
+    classification_folder,
     datasets_root,
     ensure_dataset_files,
-    ensure_shapes_classification,
-    ensure_shapes_dataset,
+    generated_dataset,
     load_coco_dataset,
-    register_shapes_dataset,
-    shapes_dataset_paths,
+    register_generated_dataset,
 )
 from bio_detectron.data.cache import generate_once
 
@@ -38,7 +37,7 @@ TINY = dict(image_size=96, num_train=12, num_val=8, seed=3)
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("datasets"))
-    ensure_shapes_dataset("train", root=root, **TINY)
+    generated_dataset("shapes", "train", root=root, **TINY)
     return root
 
 
@@ -47,7 +46,7 @@ def tiny_val(tiny_root):
     """The tiny val split registered through the same function as shapes_val."""
     name = "shapes_test_tiny_val"
     if name not in DatasetCatalog.list():
-        register_shapes_dataset(name, "val", root=tiny_root, **TINY)
+        register_generated_dataset(name, "shapes", "val", root=tiny_root, **TINY)
     return name
 
 
@@ -59,7 +58,9 @@ def _read(path):
 def test_root_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("BIO_DETECTRON_DATASETS", str(tmp_path))
     assert datasets_root() == str(tmp_path)
-    json_file, image_root = ensure_shapes_dataset("val", image_size=64, num_train=1, num_val=2)
+    json_file, image_root = generated_dataset(
+        "shapes", "val", image_size=64, num_train=1, num_val=2
+    )
     assert json_file.startswith(str(tmp_path)) and os.path.isfile(json_file)
     assert sorted(os.listdir(image_root)) == ["000000.jpg", "000001.jpg"]
     monkeypatch.delenv("BIO_DETECTRON_DATASETS")
@@ -67,8 +68,8 @@ def test_root_follows_environment(monkeypatch, tmp_path):
 
 
 def test_deterministic_and_seed_dependent(tmp_path, tiny_root):
-    json_a, images_a = ensure_shapes_dataset("train", root=tiny_root, **TINY)
-    json_b, images_b = ensure_shapes_dataset("train", root=str(tmp_path / "b"), **TINY)
+    json_a, images_a = generated_dataset("shapes", "train", root=tiny_root, **TINY)
+    json_b, images_b = generated_dataset("shapes", "train", root=str(tmp_path / "b"), **TINY)
     assert _read(json_a) == _read(json_b)
     names = sorted(os.listdir(images_a))
     assert names == sorted(os.listdir(images_b)) and len(names) == TINY["num_train"]
@@ -76,15 +77,17 @@ def test_deterministic_and_seed_dependent(tmp_path, tiny_root):
         assert _read(os.path.join(images_a, name)) == _read(os.path.join(images_b, name))
 
     other_seed = dict(TINY, seed=TINY["seed"] + 1)
-    json_c, _ = ensure_shapes_dataset("train", root=str(tmp_path / "c"), **other_seed)
+    json_c, _ = generated_dataset("shapes", "train", root=str(tmp_path / "c"), **other_seed)
     assert _read(json_c) != _read(json_a)
     # Train and val draw from different streams: no image is shared.
-    _, val_images = shapes_dataset_paths("val", root=tiny_root, **TINY)
+    _, val_images = generated_dataset("shapes", "val", generate=False, root=tiny_root, **TINY)
     assert _read(os.path.join(val_images, names[0])) != _read(os.path.join(images_a, names[0]))
 
 
 def test_json_is_valid_coco(tiny_root):
-    json_file, image_root = shapes_dataset_paths("train", root=tiny_root, **TINY)
+    json_file, image_root = generated_dataset(
+        "shapes", "train", generate=False, root=tiny_root, **TINY
+    )
     coco = COCO(json_file)
     size = TINY["image_size"]
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(DETECTION_CLASSES)
@@ -93,7 +96,8 @@ def test_json_is_valid_coco(tiny_root):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))
         assert 1 <= len(anns) <= 5
         img = coco.loadImgs([img_id])[0]
-        assert Image.open(os.path.join(image_root, img["file_name"])).size == (size, size)
+        with Image.open(os.path.join(image_root, img["file_name"])) as image:
+            assert image.size == (size, size)
         for ann in anns:
             x, y, w, h = ann["bbox"]
             assert 0 <= x and 0 <= y and x + w <= size and y + h <= size
@@ -125,13 +129,16 @@ def _isolated(anns, ann):
 
 
 def test_boxes_match_drawn_shapes(tiny_root):
-    json_file, image_root = shapes_dataset_paths("train", root=tiny_root, **TINY)
+    json_file, image_root = generated_dataset(
+        "shapes", "train", generate=False, root=tiny_root, **TINY
+    )
     coco = COCO(json_file)
     circle_id = DETECTION_CLASSES.index("circle") + 1
     checked = 0
     for img in coco.loadImgs(coco.getImgIds()):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
-        pixels = np.asarray(Image.open(os.path.join(image_root, img["file_name"])), np.float32)
+        with Image.open(os.path.join(image_root, img["file_name"])) as image:
+            pixels = np.asarray(image, np.float32)
         for ann in anns:
             color = np.array(ann["color"], np.float32)
             # The mask has the object's colour (up to noise and JPEG) for every shape whose box
@@ -165,7 +172,9 @@ def test_builtin_registration():
         meta = MetadataCatalog.get(name)
         assert meta.evaluator_type == "coco"
         assert meta.thing_classes == list(DETECTION_CLASSES)
-        assert (meta.json_file, meta.image_root) == shapes_dataset_paths(split)
+        assert (meta.json_file, meta.image_root) == generated_dataset(
+            "shapes", split, generate=False
+        )
 
 
 def test_catalog_returns_real_files(tiny_val):
@@ -262,8 +271,8 @@ def test_corrupt_image_is_named(tiny_val, tmp_path, corruption):
 
 
 def test_classification_folders(tmp_path):
-    root = ensure_shapes_classification(
-        root=str(tmp_path), image_size=32, num_train_per_class=3, num_val_per_class=2
+    root = classification_folder(
+        "shapes", root=str(tmp_path), image_size=32, num_train_per_class=3, num_val_per_class=2
     )
     for split, count in (("train", 3), ("val", 2)):
         classes = sorted(os.listdir(os.path.join(root, split)))
@@ -271,12 +280,13 @@ def test_classification_folders(tmp_path):
         for name in classes:
             files = sorted(os.listdir(os.path.join(root, split, name)))
             assert len(files) == count and all(f.endswith(".JPEG") for f in files)
-            assert Image.open(os.path.join(root, split, name, files[0])).size == (32, 32)
+            with Image.open(os.path.join(root, split, name, files[0])) as image:
+                assert image.size == (32, 32)
     # A second call reuses the cache instead of generating again.
     stamp = os.stat(os.path.join(root, "train", "circle", "circle_00000.JPEG")).st_mtime_ns
     assert (
-        ensure_shapes_classification(
-            root=str(tmp_path), image_size=32, num_train_per_class=3, num_val_per_class=2
+        classification_folder(
+            "shapes", root=str(tmp_path), image_size=32, num_train_per_class=3, num_val_per_class=2
         )
         == root
     )
@@ -331,8 +341,6 @@ def test_writer_refuses_an_extra_field_that_replaces_a_coco_one(tmp_path):
 
 
 def test_unknown_generated_kind_is_named():
-    from bio_detectron.data import register_generated_dataset
-
     with pytest.raises(ValueError, match="'circles'.*'shapes', 'textures'"):
         register_generated_dataset("never_registered", "circles", "val")
     assert "never_registered" not in DatasetCatalog.list()

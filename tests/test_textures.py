@@ -13,9 +13,8 @@ from PIL import Image
 from bio_detectron.config import add_bio_config
 from bio_detectron.data import (
     TEXTURE_CLASSES,
-    ensure_textures_dataset,
-    register_textures_dataset,
-    textures_dataset_paths,
+    generated_dataset,
+    register_generated_dataset,
 )
 from bio_detectron.data.drawing import polygon_mask
 
@@ -26,7 +25,7 @@ TINY = dict(image_size=96, num_train=12, num_val=4, seed=3)
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("datasets"))
-    ensure_textures_dataset("train", root=root, **TINY)
+    generated_dataset("textures", "train", root=root, **TINY)
     return root
 
 
@@ -36,10 +35,14 @@ def _read(path):
 
 
 def test_generation_is_deterministic(tiny_root, tmp_path):
-    ensure_textures_dataset("val", root=str(tmp_path), **TINY)
+    generated_dataset("textures", "val", root=str(tmp_path), **TINY)
     for split in ("train", "val"):
-        a_json, a_images = textures_dataset_paths(split, root=tiny_root, **TINY)
-        b_json, b_images = textures_dataset_paths(split, root=str(tmp_path), **TINY)
+        a_json, a_images = generated_dataset(
+            "textures", split, generate=False, root=tiny_root, **TINY
+        )
+        b_json, b_images = generated_dataset(
+            "textures", split, generate=False, root=str(tmp_path), **TINY
+        )
         assert _read(a_json) == _read(b_json)
         names = sorted(os.listdir(a_images))
         assert names == sorted(os.listdir(b_images)) and len(names) == TINY[f"num_{split}"]
@@ -48,7 +51,9 @@ def test_generation_is_deterministic(tiny_root, tmp_path):
 
 
 def test_annotations_fit_the_objects_and_objects_are_textured(tiny_root):
-    json_file, image_root = textures_dataset_paths("train", root=tiny_root, **TINY)
+    json_file, image_root = generated_dataset(
+        "textures", "train", generate=False, root=tiny_root, **TINY
+    )
     with open(json_file) as f:
         coco = json.load(f)
     assert [c["name"] for c in coco["categories"]] == list(TEXTURE_CLASSES)
@@ -59,7 +64,8 @@ def test_annotations_fit_the_objects_and_objects_are_textured(tiny_root):
     assert len({a["category_id"] for a in coco["annotations"]}) >= 5
     inside, outside = [], []
     for img in coco["images"]:
-        pixels = np.asarray(Image.open(os.path.join(image_root, img["file_name"])), np.float32)
+        with Image.open(os.path.join(image_root, img["file_name"])) as image:
+            pixels = np.asarray(image, np.float32)
         edges = np.abs(np.diff(pixels, axis=1)).sum(-1)  # horizontal gradient, (H, W - 1)
         union = np.zeros(pixels.shape[:2], bool)
         for ann in by_image[img["id"]]:
@@ -80,7 +86,7 @@ def test_annotations_fit_the_objects_and_objects_are_textured(tiny_root):
 def test_registered_like_shapes(tiny_root):
     name = "textures_test_tiny_val"
     if name not in DatasetCatalog.list():
-        register_textures_dataset(name, "val", root=tiny_root, **TINY)
+        register_generated_dataset(name, "textures", "val", root=tiny_root, **TINY)
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == TINY["num_val"] and all(d["annotations"] for d in dicts)
     meta = MetadataCatalog.get(name)
@@ -89,7 +95,7 @@ def test_registered_like_shapes(tiny_root):
         assert builtin in DatasetCatalog.list()
         assert MetadataCatalog.get(builtin).thing_classes == list(TEXTURE_CLASSES)
     with pytest.raises(ValueError, match="image_size must be at least 32"):
-        ensure_textures_dataset("train", root=tiny_root, image_size=16)
+        generated_dataset("textures", "train", root=tiny_root, image_size=16)
 
 
 def _load(path):

@@ -108,7 +108,9 @@ def test_voc_lazy_config_sets_what_its_yacs_twin_sets(depth, leaf):
     )
     # The learning rate over the run, from both schedulers.
     params = [nn.Parameter(torch.zeros(1))]
-    schedule = build_lr_scheduler(ycfg, torch.optim.SGD(params, lr=s.BASE_LR))
+    optimizer = torch.optim.SGD(params, lr=s.BASE_LR)
+    schedule = build_lr_scheduler(ycfg, optimizer)
+    optimizer.step()  # training's order (no gradient: nothing moves), which torch checks
     multiplier = instantiate(cfg.lr_multiplier)
     for it in range(s.MAX_ITER):
         if it % 250 == 0 or it in (999, 1000, 7999, 8000, 10499, 10500, 11999):

@@ -6,8 +6,8 @@ learning rule, evaluate COCO bbox AP on its validation split and print one table
 Each rule runs ``tools/train_net.py`` in a process of its own, with
 ``configs/Shapes-Detection/retinanet_R_18_FPN_<rule>.yaml`` and ``OUTPUT_DIR <output-dir>/<rule>``
 (detectron2's full log is ``log.txt`` there). One rule takes about 2.5 minutes on 2 idle CPU
-cores (README "Speed"): 800 iterations of training, then COCO evaluation of the 200 validation
-images; the first run also generates the dataset (a few seconds).
+cores (docs/benchmarks.md, "The demo"): 800 iterations of training, then COCO evaluation of the
+200 validation images; the first run also generates the dataset (a few seconds).
 
 It ends by drawing the first validation images under every trained model, next to the ground
 truth (tools/visualize.py), into one figure, ``<output-dir>/detections.png`` unless ``--figure``.
@@ -49,7 +49,7 @@ HEADER = "| rule | bbox AP | AP50 | AP75 | training time | total time | iteratio
 
 # glibc returns large freed blocks to the system at once and maps them again at the next
 # iteration: ~13 million page faults in a demo run. Keeping freed memory for reuse made an
-# iteration 6 % faster (README "Speed"); set here for the training processes only.
+# iteration 6 % faster (docs/benchmarks.md, "The demo"); set here for the training processes only.
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
     "MALLOC_TRIM_THRESHOLD_": str(64 << 30),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the virtual environment $1 (default .venv) when missing and installs everything the
-# project needs: torch + torchvision, detectron2, this package in editable mode and test tools.
+# project needs: torch + torchvision, detectron2, this package in editable mode with all its
+# extras, and test tools.
 set -euo pipefail
 
 VENV=${1:-.venv}
@@ -21,7 +22,8 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
 fi
 
 bash tools/install_detectron2.sh "$PY"
-"$PY" -m pip install --quiet -e '.[test]'
+# Every extra (setup.py: detectron2, datasets, plot) and the test tools.
+"$PY" -m pip install --quiet -e '.[all,test]'
 # COCOPanopticEvaluator's panopticapi, for the coco_panoptic_seg tests (tests/test_evaluation.py,
 # tests/test_miniature_training.py): cocodataset/panopticapi packaged as a wheel. Not in setup.py's
 # test extra and without its dependencies: its metadata pins numpy<2, which its code does not

@@ -23,14 +23,17 @@ import os
 import re
 from collections import defaultdict
 
-import matplotlib
+import numpy as np
+
+from bio_detectron._extras import needs_extra
+from bio_detectron.core.alignment import SUMMARIES, parse_scalar_name
+
+with needs_extra("plot", "tools/plot_alignment.py"):
+    import matplotlib
+    import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from bio_detectron.core.alignment import SUMMARIES, parse_scalar_name  # noqa: E402
 
 LAYER_PLOTS = (
     ("grad_angle", "gradient angle to backprop (deg)"),

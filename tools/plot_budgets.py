@@ -15,7 +15,10 @@ import json
 import os
 import sys
 
-import matplotlib
+from bio_detectron._extras import needs_extra
+
+with needs_extra("plot", "tools/plot_budgets.py"):
+    import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -88,12 +88,13 @@ def _check_converted(module: nn.Module):
         )
 
 
+# B is W itself under backprop and a parameter under Kolen-Pollack: read without autograd.
 def _sign_concordance(w: torch.Tensor, b: torch.Tensor) -> float:
-    return float((torch.sign(w) == torch.sign(b)).double().mean())
+    return float((torch.sign(w.detach()) == torch.sign(b.detach())).double().mean())
 
 
 def _norm_ratio(w: torch.Tensor, b: torch.Tensor) -> float:
-    norm_w, norm_b = float(w.double().norm()), float(b.double().norm())
+    norm_w, norm_b = float(w.detach().double().norm()), float(b.detach().double().norm())
     return norm_b / norm_w if norm_w > 0 else math.nan
 
 

@@ -240,8 +240,8 @@ def mirror_step(
         noise_batch = noise_batch_for(layer, input_shape, samples_per_input)
     x = mirror_noise(layer, noise_shape(input_shape, noise_batch), std, generator)
     corr = mirror_correlation(layer, x)
-    state = layer.feedback
-    state.mul_(1.0 - decay).add_(corr.to(state.dtype), alpha=lr)
+    feedback = layer.feedback
+    feedback.mul_(1.0 - decay).add_(corr.to(feedback.dtype), alpha=lr)
 
 
 class InputShapes:

@@ -16,10 +16,14 @@ import random
 import types
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+try:
+    import numpy as np
+except ImportError:  # the core needs PyTorch only; without NumPy no forward pass draws from it
+    np = None
 
 from .layers import is_converted
 from .rules import build_rule
@@ -76,11 +80,9 @@ def total_loss(output) -> torch.Tensor:
 
 
 def _get_rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "random": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
+    state = {"torch": torch.get_rng_state(), "random": random.getstate()}
+    if np is not None:
+        state["numpy"] = np.random.get_state()
     # Only when CUDA is in use: querying it would otherwise initialise it.
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -90,7 +92,8 @@ def _get_rng_state() -> dict:
 def _set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -98,10 +101,11 @@ def _set_rng_state(state: dict):
 class ForwardState:
     """
     A snapshot of what a training forward pass reads or changes in a model besides its weights
-    and inputs: the random number generators (torch, CUDA when in use, ``random``, numpy), every
-    buffer's value (BatchNorm running statistics, num_batches_tracked) and which buffers exist,
-    and the modules' plain attributes (rebound ones, such as RetinaNet's ``loss_normalizer`` EMA;
-    objects mutated in place other than buffers are not covered). :meth:`restore` puts them back.
+    and inputs: the random number generators (torch, CUDA when in use, ``random``, NumPy when
+    installed), every buffer's value (BatchNorm running statistics, num_batches_tracked) and which
+    buffers exist, and the modules' plain attributes (rebound ones, such as RetinaNet's
+    ``loss_normalizer`` EMA; objects mutated in place other than buffers are not covered).
+    :meth:`restore` puts them back.
     """
 
     def __init__(self, model: nn.Module):

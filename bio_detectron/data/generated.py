@@ -12,7 +12,6 @@ the image's index), so an image does not depend on how many were made before it,
 share a stream, and the same parameters give byte-identical files.
 """
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -29,12 +28,9 @@ __all__ = [
     "KINDS",
     "GeneratedKind",
     "classification_folder",
-    "ensure_classification_folder",
     "ensure_dataset_files",
-    "ensure_generated_dataset",
     "generate_detection",
     "generated_dataset",
-    "generated_dataset_paths",
     "register_generated_dataset",
 ]
 
@@ -125,7 +121,7 @@ def generate_detection(
 ) -> None:
     """
     Write a detection set of ``kind`` into ``output_dir`` (not atomic: see
-    :func:`ensure_generated_dataset`). Layout: ``{train,val}/<index>.jpg`` and
+    :func:`generated_dataset`). Layout: ``{train,val}/<index>.jpg`` and
     ``annotations/instances_{train,val}.json``.
     """
     spec = _kind(kind)
@@ -182,10 +178,6 @@ def generated_dataset(
             folder, lambda out: generate_detection(kind, out, size, num_train, num_val, seed)
         )
     return paths
-
-
-ensure_generated_dataset = generated_dataset
-generated_dataset_paths = functools.partial(generated_dataset, generate=False)
 
 
 # Dataset name -> function that makes its files exist; filled by register_generated_dataset.
@@ -306,27 +298,3 @@ def classification_folder(
             folder, lambda out: _write_classification(out, spec, counts, image_size, seed)
         )
     return folder
-
-
-ensure_classification_folder = classification_folder
-
-
-# The names each kind had before the one mechanism, kept.
-shapes_dataset_paths = functools.partial(generated_dataset_paths, "shapes")
-ensure_shapes_dataset = functools.partial(ensure_generated_dataset, "shapes")
-textures_dataset_paths = functools.partial(generated_dataset_paths, "textures")
-ensure_textures_dataset = functools.partial(ensure_generated_dataset, "textures")
-photos_dataset_paths = functools.partial(generated_dataset_paths, "photos")
-ensure_photos_dataset = functools.partial(ensure_generated_dataset, "photos")
-shapes_classification_dir = functools.partial(classification_folder, "shapes", generate=False)
-ensure_shapes_classification = functools.partial(classification_folder, "shapes")
-photos_classification_dir = functools.partial(classification_folder, "photos", generate=False)
-ensure_photos_classification = functools.partial(classification_folder, "photos")
-
-
-def register_shapes_dataset(name: str, split: str, **options) -> None:
-    register_generated_dataset(name, "shapes", split, **options)
-
-
-def register_textures_dataset(name: str, split: str, **options) -> None:
-    register_generated_dataset(name, "textures", split, **options)

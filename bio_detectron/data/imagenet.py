@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
-from .generated import KINDS, ensure_classification_folder
+from .generated import KINDS, classification_folder
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -71,7 +71,7 @@ def classification_root(cfg) -> str:
                 f"{folders}"
             )
         sizes = cfg.DATASETS.SHAPES_CLASSIFICATION
-        root = ensure_classification_folder(
+        root = classification_folder(
             kind,
             image_size=sizes.IMAGE_SIZE,
             num_train_per_class=sizes.NUM_TRAIN_PER_CLASS,

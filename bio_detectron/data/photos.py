@@ -3,7 +3,8 @@ Embedded "photos" detection dataset: objects cut from real photographs, pasted o
 
 The third generated detection set, of real image content rather than drawn shapes or textures.
 Every pixel comes from a photograph that an installed package ships (scikit-image's
-``skimage.data`` and scikit-learn's sample images; their licences are in ``docs/DATASETS.md``):
+``skimage.data`` and scikit-learn's sample images; their licences are in docs/datasets.md,
+"Licences of the photographs"):
 
 * **objects** (:data:`PHOTO_CLASSES`, 10 classes): a region of a photograph, cut along an ellipse
   or a box: the astronaut's face, helmet and the model shuttle behind her, Chelsea the cat, a
@@ -32,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .._extras import needs_extra
 from .drawing import Layout, box_intersection, finish, place_objects, polygon_mask
 
 __all__ = [
@@ -128,11 +130,6 @@ _DIGESTS = {
     "text": "bc1f9f2d",
 }
 
-_MISSING = (
-    "The photos dataset is cut from photographs that scikit-image and scikit-learn ship; install "
-    "them (`pip install scikit-image scikit-learn`; `make install` does): {error}"
-)
-
 
 @functools.lru_cache(maxsize=None)
 def source_photo(name: str) -> np.ndarray:
@@ -141,7 +138,7 @@ def source_photo(name: str) -> np.ndarray:
     scikit-learn's sample image ``<name>.jpg`` for "china" and "flower". Grey photographs are
     repeated over three channels.
     """
-    try:
+    with needs_extra("datasets", "The photos dataset (cut from their sample photographs)"):
         if name in ("china", "flower"):
             from sklearn.datasets import load_sample_image
 
@@ -150,8 +147,6 @@ def source_photo(name: str) -> np.ndarray:
             import skimage.data
 
             pixels = getattr(skimage.data, name)()
-    except ImportError as e:
-        raise ImportError(_MISSING.format(error=e)) from e
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=2)

@@ -15,7 +15,6 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .._deprecation import moved_names
 from .drawing import Layout, box_intersection, finish, hsv_color, place_objects, polygon_mask
 
 __all__ = [
@@ -282,36 +281,3 @@ def color_field(obj: Dict) -> Dict:
     """The drawn colour of an object, as an annotation field beyond COCO's (for tests and visual
     checks of the generator)."""
     return {"color": list(obj["color"])}
-
-
-# Moved to bio_detectron.data.generated (one mechanism for every kind); the old names keep working.
-__getattr__ = moved_names(
-    __name__,
-    {
-        "shapes_dataset_paths": (
-            "bio_detectron.data.generated",
-            "generated_dataset_paths",
-            ("shapes",),
-        ),
-        "ensure_shapes_dataset": (
-            "bio_detectron.data.generated",
-            "ensure_generated_dataset",
-            ("shapes",),
-        ),
-        "shapes_classification_dir": (
-            "bio_detectron.data.generated",
-            "classification_folder",
-            ("shapes",),
-        ),
-        "ensure_shapes_classification": (
-            "bio_detectron.data.generated",
-            "ensure_classification_folder",
-            ("shapes",),
-        ),
-        "generate_shapes_detection": (
-            "bio_detectron.data.generated",
-            "generate_detection",
-            ("shapes",),
-        ),
-    },
-)

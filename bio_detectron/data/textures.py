@@ -19,7 +19,6 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
-from .._deprecation import moved_names
 from .drawing import Layout, box_intersection, finish, hsv_color, place_objects, polygon_mask
 
 __all__ = ["TEXTURE_CLASSES", "render_textures_image"]
@@ -168,26 +167,3 @@ def render_textures_image(
     for o in objects:
         del o["box_area"]
     return finish(image, rng, noise_std=4.0), objects
-
-
-# Moved to bio_detectron.data.generated (one mechanism for every kind); the old names keep working.
-__getattr__ = moved_names(
-    __name__,
-    {
-        "textures_dataset_paths": (
-            "bio_detectron.data.generated",
-            "generated_dataset_paths",
-            ("textures",),
-        ),
-        "ensure_textures_dataset": (
-            "bio_detectron.data.generated",
-            "ensure_generated_dataset",
-            ("textures",),
-        ),
-        "generate_textures_detection": (
-            "bio_detectron.data.generated",
-            "generate_detection",
-            ("textures",),
-        ),
-    },
-)

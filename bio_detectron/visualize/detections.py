@@ -285,7 +285,7 @@ def figure(
 
     Args:
         models: list of (config file, weights file).
-        grid: the PNG to write, e.g. "docs/figures/detections_backprop_vs_sign_symmetry.png".
+        grid: the PNG to write, e.g. "docs/figures/detections_shapes.png".
         opts: config options KEY VALUE for every model.
 
     Returns:

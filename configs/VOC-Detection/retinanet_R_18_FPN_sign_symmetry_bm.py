@@ -9,7 +9,7 @@ from ..common.bio_voc import dataloader, lr_multiplier, model, train
 
 model.rule = "sign_symmetry"
 # The head convs start at std 0.01, far below the kaiming scale: B = sign(W)*mean|W| keeps
-# the feedback the size of W (see README, "Scale").
+# the feedback the size of W (docs/rules.md, "The learning rules and their keys").
 model.scale = "mean_abs"
 # Batch-manhattan SGD for every parameter but the last layer's (cls_score, bbox_pred), which
 # keeps plain SGD at lr 0.01: the yaml's SOLVER.BIO (see there for the sign step).

@@ -9,7 +9,7 @@ model.model.backbone.bottom_up.stages.stride_in_1x1 = False
 model.model.backbone.top_block.in_channels = 2048
 model.rule = "sign_symmetry"
 # The head convs start at std 0.01, far below the kaiming scale: B = sign(W)*mean|W| keeps
-# the feedback the size of W (see README, "Scale").
+# the feedback the size of W (docs/rules.md, "The learning rules and their keys").
 model.scale = "mean_abs"
 # A classifier trained with the same rule: configs/ImageNet/resnet50_sign_symmetry.yaml
 train.init_checkpoint = "output/imagenet/resnet50_sign_symmetry/model_final.pth"

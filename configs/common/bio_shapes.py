@@ -1,7 +1,7 @@
 """
 RetinaNet-R18 from scratch on the embedded shapes dataset (160 px images, 3 classes), the demo's
-schedule: the LazyConfig twin of configs/Shapes-Detection/Base-Shapes.yaml (see there and README
-"The demo" for why each setting). Leaf files set the rule.
+schedule: the LazyConfig twin of configs/Shapes-Detection/Base-Shapes.yaml (see there and
+docs/results.md, "The schedule probes", for why each setting). Leaf files set the rule.
 """
 
 from detectron2.config import LazyCall as L
@@ -59,5 +59,5 @@ train.eval_period = 0
 train.device = "cpu"
 train.seed = 0
 train.init_checkpoint = ""
-# Per-layer alignment metrics every 100 iterations (README, "Seeing how a rule learns").
+# Per-layer alignment metrics every 100 iterations (docs/alignment.md).
 train.bio_alignment_period = 100
