@@ -10,65 +10,31 @@ error here too, never skipped.
 
 import importlib.util
 
-from .core import (
-    RULE_REGISTRY,
-    BatchManhattanSGD,
-    FeedbackConv2d,
-    FeedbackLayer,
-    FeedbackLinear,
-    LearningRule,
-    available_rules,
-    build_rule,
-    compile_model,
-    convert_model,
-    find_unsupported,
-    is_converted,
-    make_feedback_now,
-    revert_model,
-    rules_of,
-)
+from . import core
+from .core import *  # noqa: F401,F403  (the core's public API is the package's: core.__all__)
 
-from . import model_zoo  # isort: skip  (finds the configs; detectron2 only to load them)
+from . import model_zoo  # noqa: F401  isort: skip  (finds the configs; detectron2 to load them)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "RULE_REGISTRY",
-    "BatchManhattanSGD",
-    "FeedbackConv2d",
-    "FeedbackLayer",
-    "FeedbackLinear",
-    "LearningRule",
-    "add_bio_config",
-    "add_classification_config",
-    "available_rules",
-    "bio_plausible",
-    "build_rule",
-    "compile_model",
-    "convert_model",
-    "find_unsupported",
-    "is_converted",
-    "make_feedback_now",
-    "model_zoo",
-    "revert_model",
-    "rules_of",
-]
+# The names below exist only with detectron2 (see __getattr__).
+_DETECTRON2_NAMES = ("add_bio_config", "add_classification_config", "bio_plausible")
+
+# Names imported here are public through __all__ (ruff cannot read a computed one: hence noqa).
+__all__ = sorted([*core.__all__, *_DETECTRON2_NAMES, "model_zoo"])
 
 # find_spec tells "not installed" (None) apart from "installed": an installed detectron2 is then
 # imported below, and whatever breaks in it is raised, not taken for its absence.
 HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 
-# The names below exist only with detectron2 (see __getattr__).
-_DETECTRON2_NAMES = ("add_bio_config", "add_classification_config", "bio_plausible")
-
 if HAS_DETECTRON2:
     from ._extras import needs_extra  # isort: skip
 
     with needs_extra("detectron2", "bio_detectron's detectron2 integration"):
-        from .config import add_bio_config, add_classification_config  # isort: skip
+        from .config import add_bio_config, add_classification_config  # noqa: F401  isort: skip
         from . import data as _data  # noqa: F401  (registers the embedded datasets)
         from . import modeling as _modeling  # noqa: F401  (registers builders)
-        from .modeling import bio_plausible
+        from .modeling import bio_plausible  # noqa: F401
 
 
 def __getattr__(name):
