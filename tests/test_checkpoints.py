@@ -1,8 +1,8 @@
 """When a rule's feedback tensor is made, and what a checkpoint restores (docs/usage.md,
-"Processes and checkpoints"): it is made when the weights it describes are set (conversion, a
-checkpoint's weights loaded), never by a forward pass; a checkpoint carrying it made by the same
-rule restores it exactly; one without it gets it made from its weights; one whose came from
-another rule or other options is not taken, with a warning naming the layer."""
+"Processes and checkpoints: what is guaranteed"): it is made when the weights it describes are
+set (conversion, a checkpoint's weights loaded), never by a forward pass; a checkpoint carrying
+it made by the same rule restores it exactly; one without it gets it made from its weights; one
+whose came from another rule or other options is not taken, with a warning naming the layer."""
 
 import copy
 import logging

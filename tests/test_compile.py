@@ -174,6 +174,8 @@ def test_plain_torch_compile_of_a_converted_resnet18_has_no_graph_break(rule):
     assert _plain_compile_breaks(_resnet18(rule)) == 0
 
 
+# Dynamo says, as a warning, what it cannot trace: here that is the point of the test.
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace the builtin:UserWarning")
 def test_feedback_made_in_the_forward_would_break_a_plain_torch_compile(monkeypatch):
     # What the tests above guard against: a feedback tensor made inside the training forward,
     # with a seeded generator (as when it was made lazily), breaks the graph there.

@@ -1,7 +1,7 @@
 """
 Where bio_detectron copies a piece of detectron2 (or torch) or reads a private name, one test each
-that fails when upstream changes it (docs/development.md, "Where the code relies on detectron2's
-internals", lists them with the reason).
+that fails when upstream changes it. docs/development.md lists them with the reason, in
+"Where the code relies on detectron2's internals".
 """
 
 import ast
