@@ -122,9 +122,9 @@ def add_bio_config(cfg):
     # plain autograd. Each must match at least one convolution/Linear of the model.
     _C.MODEL.BIO.EXCLUDE = []
     # A layer the rule cannot act on (a conv subclass that computes its convolution itself, the
-    # out_proj of nn.MultiheadAttention, a weight shared with another module): "error" stops the
-    # build naming each such layer; "skip" leaves them on plain autograd with a warning naming
-    # each (rules_of reports "none" for them).
+    # out_proj of an nn.MultiheadAttention that is excluded, a weight shared with another
+    # module): "error" stops the build naming each such layer; "skip" leaves them on plain
+    # autograd with a warning naming each (rules_of reports "none" for them).
     _C.MODEL.BIO.UNSUPPORTED = "error"
     # The meta-architecture that MODEL.META_ARCHITECTURE "BioPlausible" builds and converts,
     # e.g. "GeneralizedRCNN" or "RetinaNet" (any name in META_ARCH_REGISTRY).

@@ -264,12 +264,21 @@ def _vit():
 
 
 def _transformer():
-    return nn.Transformer(16, 2, 1, 1, 32, dropout=0.0)
+    return nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True)
 
 
 MODELS = {
     "vit": (_vit, lambda: (torch.randn(2, 3, 32, 32),)),
-    "transformer": (_transformer, lambda: (torch.randn(6, 2, 16), torch.randn(4, 2, 16))),
+    "transformer": (
+        _transformer,
+        # source, target, no source mask, a causal target mask
+        lambda: (
+            torch.randn(2, 6, 16),
+            torch.randn(2, 4, 16),
+            None,
+            nn.Transformer.generate_square_subsequent_mask(4),
+        ),
+    ),
     "detr": (DetrLike, lambda: (torch.randn(2, 3, 16, 16),)),
 }
 
@@ -417,9 +426,10 @@ def test_weight_mirror_mirrors_the_projections():
     assert abs(before) < 0.3 and after > 0.9
 
 
-def test_compiles_without_graph_breaks_and_equals_eager():
+@pytest.mark.parametrize("rule", ["sign_symmetry", "kolen_pollack"])
+def test_compiles_without_graph_breaks_and_equals_eager(rule):
     torch.manual_seed(0)
-    model = bd.convert_model(DetrLike(), "sign_symmetry")
+    model = bd.convert_model(DetrLike(), rule)
     x = torch.randn(2, 3, 16, 16)
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
@@ -440,3 +450,26 @@ def test_projection_modules_are_listed_and_revert_cleanly():
     bd.revert_model(m)
     assert type(m) is nn.MultiheadAttention and set(dict(m.named_children())) == {"out_proj"}
     assert bd.rules_of(m) == {"in_proj": "none", "out_proj": "none"}
+
+
+def test_an_unexpected_linear_call_is_an_error():
+    from bio_detectron.core.attention import _dispatches_by_name, _ProjectionCalls
+
+    # What the conversion relies on in torch's attention function (see core/attention.py).
+    assert _dispatches_by_name(F.multi_head_attention_forward)
+    m = bd.convert_model(nn.MultiheadAttention(E, HEADS), "sign_symmetry")
+    with pytest.raises(RuntimeError, match=r"shape \(5, 8\) where in_proj_weight rows"):
+        with _ProjectionCalls(m):
+            F.linear(torch.randn(2, E), torch.randn(5, E))
+
+
+def test_alignment_metrics_and_probe_see_the_projections():
+    from bio_detectron.core.alignment import gradient_angles, weight_metrics
+
+    torch.manual_seed(0)
+    model = bd.convert_model(DetrLike(), "sign_symmetry")
+    metrics = weight_metrics(model)
+    assert metrics["self_attn.in_proj"]["sign_concordance"] == 1.0
+    angles = gradient_angles(model, (torch.randn(2, 3, 16, 16),), loss_fn=lambda y: y.sum())
+    # The last layers' input gradients are exact; the projections' weight gradients are not.
+    assert 0 < angles["self_attn.in_proj"] < 90 and angles["class_head"] < 1e-3

@@ -21,17 +21,26 @@ under a :class:`~torch.overrides.TorchFunctionMode` that hands each of its ``F.l
 projection weight to that projection's module: the one linear autograd path
 (``core/functions.py``) with the projection's rule, feedback tensor and forward hooks.
 
-Why a mode around the stock forward and not a forward of our own: the output is the stock
-module's by construction (masks, ``is_causal``, ``need_weights``, ``add_zero_attn``, dropout and
-its random numbers, unbatched inputs, the checks and their errors), with no copy of
-``F.multi_head_attention_forward`` to keep equal to it; Dynamo traces the mode without graph
-breaks. The stock forward makes its ``F.linear`` calls in a fixed order: the in-projection
-first (all of ``in_proj_weight`` at once for self-attention, its q rows and then its k and v rows
-when the key and value are one tensor but not the query, its q, k and v rows apart otherwise; q,
-k, v for separate weights), then ``out_proj``. A call is recognised by that order and checked by
-its weight's shape (``tests/test_attention.py`` fails if the stock forward changes it). When a
-call uses some rows of ``in_proj_weight``, B is the rule's B of those rows (for sign-symmetry with
-the ``mean_abs`` scale, the mean over those rows).
+Why a mode around the stock forward and not a forward of our own (which would be a copy of
+``F.multi_head_attention_forward`` written out again, to be kept equal to it by hand): the output
+is the stock module's by construction (masks, ``is_causal``, ``need_weights``, ``add_bias_kv``,
+``add_zero_attn``, dropout and its random numbers, unbatched inputs, the checks and their
+errors), and Dynamo traces the mode without graph breaks. Two things of torch's are relied on,
+both checked by ``tests/test_attention.py``:
+
+* ``F.multi_head_attention_forward`` hands itself whole to an active mode (its
+  ``has_torch_function`` check), so that the mode would not see the calls inside it: the mode
+  runs it as a function with the same code whose ``has_torch_function`` says no
+  (:func:`_without_dispatch`). Conversion refuses the module if torch's function stops
+  dispatching through that name.
+* It makes its ``F.linear`` calls in a fixed order: the in-projection first (all of
+  ``in_proj_weight`` at once for self-attention; its q rows, then its k and v rows when the key
+  and value are one tensor but not the query; its q, k and v rows apart otherwise; q, k, v for
+  separate weights), then ``out_proj``. A call is recognised by that order and checked by its
+  weight's shape; an unexpected call is an error.
+
+When a call uses some rows of ``in_proj_weight``, B is the rule's B of those rows (for
+sign-symmetry with the ``mean_abs`` scale: the mean over those rows).
 """
 
 import types
@@ -112,6 +121,11 @@ class AttentionProjection(FeedbackLayer, nn.Module):
 
     def extra_repr(self):
         return f"{self.projection}_weight, rule={self.rule}"
+
+
+def _dispatches_by_name(function) -> bool:
+    """Whether ``function`` decides to hand itself to a mode by calling ``has_torch_function``."""
+    return "has_torch_function" in function.__code__.co_names
 
 
 def _without_dispatch(function):
@@ -217,6 +231,11 @@ def _class_unsupported_reason(cls: type) -> Optional[str]:
         return None
     if cls.forward is not nn.MultiheadAttention.forward:
         return f"{cls.__name__} has a forward of its own that the rule cannot act through"
+    if not _dispatches_by_name(F.multi_head_attention_forward):
+        return (
+            f"torch {torch.__version__}'s F.multi_head_attention_forward no longer calls "
+            "has_torch_function, which the conversion of attention relies on"
+        )
     return None
 
 
