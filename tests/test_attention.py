@@ -473,3 +473,16 @@ def test_alignment_metrics_and_probe_see_the_projections():
     angles = gradient_angles(model, (torch.randn(2, 3, 16, 16),), loss_fn=lambda y: y.sum())
     # The last layers' input gradients are exact; the projections' weight gradients are not.
     assert 0 < angles["self_attn.in_proj"] < 90 and angles["class_head"] < 1e-3
+
+
+def test_autocast_output_equals_stock_under_autocast():
+    torch.manual_seed(0)
+    stock = DetrLike()
+    model = bd.convert_model(copy.deepcopy(stock), "feedback_alignment")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, want = model(x), stock(x)
+        out.float().square().sum().backward()
+    assert out.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert model.self_attn.in_proj_weight.grad.dtype == torch.float32
