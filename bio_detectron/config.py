@@ -122,9 +122,9 @@ def add_bio_config(cfg):
     # plain autograd. Each must match at least one convolution/Linear of the model.
     _C.MODEL.BIO.EXCLUDE = []
     # A layer the rule cannot act on (a conv subclass that computes its convolution itself, the
-    # out_proj of nn.MultiheadAttention, a weight shared with another module): "error" stops the
-    # build naming each such layer; "skip" leaves them on plain autograd with a warning naming
-    # each (rules_of reports "none" for them).
+    # out_proj of an nn.MultiheadAttention that is excluded, a weight shared with another
+    # module): "error" stops the build naming each such layer; "skip" leaves them on plain
+    # autograd with a warning naming each (rules_of reports "none" for them).
     _C.MODEL.BIO.UNSUPPORTED = "error"
     # The meta-architecture that MODEL.META_ARCHITECTURE "BioPlausible" builds and converts,
     # e.g. "GeneralizedRCNN" or "RetinaNet" (any name in META_ARCH_REGISTRY).
@@ -211,8 +211,9 @@ def add_classification_config(cfg):
     _C = cfg
     _C.MODEL.CLASSIFIER = CN()
     # The classifier to build, a name in bio_detectron.modeling.classification.CLASSIFIER_REGISTRY:
-    # "ResNetClassifier" (detectron2's ResNet, MODEL.RESNETS.*, + global pool + linear layer) or
-    # "AlexNet" (the seed paper's AlexNet with BatchNorm before every ReLU).
+    # "ResNetClassifier" (detectron2's ResNet, MODEL.RESNETS.*, + global pool + linear layer),
+    # "AlexNet" (the seed paper's AlexNet with BatchNorm before every ReLU) or "ViTClassifier"
+    # (torchvision's vision transformer, MODEL.CLASSIFIER.VIT.*).
     _C.MODEL.CLASSIFIER.NAME = "ResNetClassifier"
     # Number of classes; 0: the number of class folders of the dataset's train split (val split with
     # --eval-only). A positive value must equal that number.
@@ -220,6 +221,19 @@ def add_classification_config(cfg):
     # Keep activations in channels_last memory format (faster convolutions on recent GPUs).
     # CUDA only: a no-op when MODEL.DEVICE is "cpu".
     _C.MODEL.CLASSIFIER.CHANNELS_LAST = False
+    # The size of "ViTClassifier" (torchvision's VisionTransformer; its image size is
+    # INPUT.CLASSIFICATION.SIZE). vit_b_16's values are the defaults.
+    _C.MODEL.CLASSIFIER.VIT = CN()
+    # Side of the square patches, in pixels; INPUT.CLASSIFICATION.SIZE must be a multiple of it.
+    _C.MODEL.CLASSIFIER.VIT.PATCH_SIZE = 16
+    # Encoder blocks (attention, then MLP).
+    _C.MODEL.CLASSIFIER.VIT.NUM_LAYERS = 12
+    # Attention heads per block; HIDDEN_DIM must be a multiple of it.
+    _C.MODEL.CLASSIFIER.VIT.NUM_HEADS = 12
+    # Width of the tokens.
+    _C.MODEL.CLASSIFIER.VIT.HIDDEN_DIM = 768
+    # Width of the hidden layer of each block's MLP.
+    _C.MODEL.CLASSIFIER.VIT.MLP_DIM = 3072
     # The rule of the last layer (the one named "classifier"): "backprop" here, as the seed
     # paper's code keeps the last layer on exact backprop whatever the rule of the others. Any
     # rule of MODEL.BIO.RULE is allowed; "" makes it follow MODEL.BIO.RULE.

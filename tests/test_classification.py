@@ -49,11 +49,11 @@ def shapes_root(tmp_path_factory):
     return classification_folder("shapes", root=str(tmp_path_factory.mktemp("datasets")), **SHAPES)
 
 
-def make_cfg(output_dir, root="", *opts):
+def make_cfg(output_dir, root="", *opts, base=BASE):
     cfg = get_cfg()
     add_bio_config(cfg)
     add_classification_config(cfg)
-    cfg.merge_from_file(BASE)
+    cfg.merge_from_file(base)
     cfg.merge_from_list(
         [
             "MODEL.DEVICE", "cpu",
@@ -136,6 +136,43 @@ def test_alexnet_shapes_forward_backward(tmp_path):
         assert torch.isfinite(p.grad).all(), name
     with pytest.raises(ValueError, match="INPUT.CLASSIFICATION.SIZE=32 is too small"):
         build_classifier(make_cfg(tmp_path, "", "MODEL.CLASSIFIER.NAME", "AlexNet"), 10)
+
+
+VIT = os.path.join(REPO, "configs", "ImageNet", "vit_tiny_kolen_pollack.yaml")
+
+
+@pytest.mark.parametrize("rule", ["kolen_pollack", "weight_mirror"])
+def test_vit_trains_with_its_attention_on_the_rule(tmp_path, shapes_root, rule):
+    cfg = make_cfg(tmp_path, shapes_root, "MODEL.BIO.RULE", rule, base=VIT)
+    trainer = build_classification_trainer(cfg)
+    model = trainer.unwrapped_model
+    rules = rules_of(model)
+    attention = "backbone.bottom_up.encoder.layers.encoder_layer_3.self_attention"
+    assert rules.pop("classifier") == "backprop"
+    assert rules[f"{attention}.in_proj"] == rules[f"{attention}.out_proj"] == rule
+    assert len(rules) == 17 and set(rules.values()) == {rule}  # patches, 4 x (2 attention, 2 MLP)
+    projection = dict(model.named_modules())[f"{attention}.in_proj"]
+    before = projection.feedback.detach().clone()
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    # Kolen-Pollack's B is trained with W; the weight mirror's B is mirrored from W.
+    assert not torch.equal(before, projection.feedback)
+
+
+def test_vit_size_errors_name_the_keys(tmp_path):
+    cfg = make_cfg(
+        tmp_path, "", "MODEL.CLASSIFIER.NAME", "ViTClassifier", "MODEL.CLASSIFIER.VIT.PATCH_SIZE", 5
+    )
+    with pytest.raises(ValueError, match=r"SIZE=32 is not a multiple of .*PATCH_SIZE=5"):
+        build_classifier(cfg, 10)
+    cfg = make_cfg(
+        tmp_path, "", "MODEL.CLASSIFIER.NAME", "ViTClassifier",
+        "MODEL.CLASSIFIER.VIT.PATCH_SIZE", 8, "MODEL.CLASSIFIER.VIT.NUM_HEADS", 5,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"HIDDEN_DIM=768 is not a multiple of .*NUM_HEADS=5"):
+        build_classifier(cfg, 10)
 
 
 def test_unknown_classifier_name(tmp_path):

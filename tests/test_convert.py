@@ -141,7 +141,6 @@ def _tied():
             "does not call self._conv_forward",
         ),
         (lambda: nn.Sequential(OwnLinear(4, 4), nn.Linear(4, 4)), "0", "has a forward of its own"),
-        (Attention, "attn.out_proj", "MultiheadAttention 'attn' reads its weight directly"),
         (_tied, "1", "its weight is shared with 0.weight"),
     ],
 )
@@ -192,14 +191,28 @@ def test_errors_about_an_argument_are_worded_with_the_callers_name_for_it():
 
 
 def test_rules_of_is_truthful_about_attention():
-    with pytest.warns(UserWarning, match="attn.out_proj: MultiheadAttention 'attn' reads"):
-        model = bd.convert_model(Attention(), "feedback_alignment", unsupported="skip")
+    # Converted with its attention module, whose forward reads out_proj's weight: both learn.
+    model = bd.convert_model(Attention(), "feedback_alignment")
     assert bd.rules_of(model) == {
-        "attn": "none",
+        "attn.in_proj": "feedback_alignment",
+        "attn.out_proj": "feedback_alignment",
+        "fc": "feedback_alignment",
+    }
+    # out_proj without its attention module: refused, or skipped with a warning naming it.
+    reason = "attn.out_proj: MultiheadAttention 'attn' reads its weight directly"
+    with pytest.raises(ValueError, match=reason):
+        bd.convert_model(Attention(), "feedback_alignment", exclude="attn$")
+    with pytest.warns(UserWarning, match=reason):
+        model = bd.convert_model(
+            Attention(), "feedback_alignment", exclude="attn$", unsupported="skip"
+        )
+    assert bd.rules_of(model) == {
+        "attn.in_proj": "none",
         "attn.out_proj": "none",
         "fc": "feedback_alignment",
     }
-    # A layer converted by hand inside an attention module still is not trained by its rule.
+    # A layer converted by hand inside an attention module that is not converted still is not
+    # trained by its rule.
     from bio_detectron.core.layers import convert_layer
 
     convert_layer(model.attn.out_proj, "feedback_alignment")

@@ -93,6 +93,16 @@ PART_DIGESTS = {
         "ImageNet/resnet50_kolen_pollack.yaml",
         "ImageNet/resnet50_sign_symmetry.yaml",
     ],
+    "11334434090e045b": [
+        "ImageNet/Base-ViT-Tiny.yaml",
+        "ImageNet/vit_tiny_backprop.yaml",
+        "ImageNet/vit_tiny_feedback_alignment.yaml",
+        "ImageNet/vit_tiny_feedback_alignment_signed_init.yaml",
+        "ImageNet/vit_tiny_kolen_pollack.yaml",
+        "ImageNet/vit_tiny_sign_symmetry.yaml",
+        "ImageNet/vit_tiny_sign_symmetry_random_magnitude.yaml",
+        "ImageNet/vit_tiny_weight_mirror.yaml",
+    ],
     "5b9f422ea0ea2334": [
         "Photos-Detection/retinanet_R_18_FPN_backprop.yaml",
         "Photos-Detection/retinanet_R_18_FPN_feedback_alignment.yaml",
@@ -159,6 +169,24 @@ FEEDBACK = {
         "backbone.bottom_up.conv1": (4.671843, 296.668755, (-0.00158285, 0.00728096, 0.01870139)),
         "head.fc6": (-45.216723, 313761.765638, (0.00523027, 0.010859, 0.0140164)),
     },
+    # An attention module's projections: B seeded by the name of each.
+    "ImageNet/vit_tiny_feedback_alignment.yaml": {
+        "backbone.bottom_up.conv_proj": (
+            1.80354,
+            132.126842,
+            (0.06700192, 0.03044725, -0.03274996),
+        ),
+        "backbone.bottom_up.encoder.layers.encoder_layer_0.self_attention.in_proj": (
+            -18.594522,
+            2266.388944,
+            (0.0608839, 0.01396199, 0.08786248),
+        ),
+        "backbone.bottom_up.encoder.layers.encoder_layer_3.self_attention.out_proj": (
+            8.177371,
+            751.497534,
+            (0.10200245, 0.06440306, 0.31067687),
+        ),
+    },
 }
 # One config of each model above (yacs and LazyConfig) runs in the quick suite, all in the slow one.
 QUICK = {
@@ -167,6 +195,7 @@ QUICK = {
     "ImageNet/resnet18_feedback_alignment.yaml",
     "ImageNet/alexnet_feedback_alignment.yaml",
     "ImageNet/resnet50_feedback_alignment.yaml",
+    "ImageNet/vit_tiny_feedback_alignment.yaml",
     "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.py",
     "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
 }

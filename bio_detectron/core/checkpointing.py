@@ -24,6 +24,10 @@ class FeedbackCheckpointMixin:
     ``learning_rule``, ``_feedback()`` and ``make_feedback_now()``.
     """
 
+    def _loads_weight(self, state_dict, prefix: str) -> bool:
+        """Whether this load sets the weight the feedback tensor describes."""
+        return prefix + "weight" in state_dict
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # Module.state_dict keeps per-module metadata (the module's version) in
@@ -46,7 +50,7 @@ class FeedbackCheckpointMixin:
             # a feedback tensor: not missing; it is made from the weight loaded, if any.
             if key in missing_keys:
                 missing_keys.remove(key)
-            if prefix + "weight" in state_dict:
+            if self._loads_weight(state_dict, prefix):
                 self.make_feedback_now()
             return
         saved = (local_metadata or {}).get(METADATA_KEY)

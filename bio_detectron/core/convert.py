@@ -1,5 +1,6 @@
 """
-Apply learning rules to the convolution and linear layers of any model, in place, and undo it:
+Apply learning rules to the convolution, linear and attention layers of any model, in place, and
+undo it:
 the one conversion of a whole model (:func:`convert_model`, over :func:`convert_layers`), the
 report of which rule each layer learns with (:func:`rules_of`) and :func:`revert_model`. One
 layer's class swap is :mod:`bio_detectron.core.layers`'.
@@ -11,6 +12,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from torch import nn
 
+from .attention import (
+    ATTENTION_TYPES,
+    AttentionProjection,
+    attention_unsupported_reason,
+    convert_attention,
+    is_converted_attention,
+    projection_names,
+    revert_attention,
+)
 from .layers import LAYER_TYPES, FeedbackLayer, convert_layer, revert_layer, unsupported_reason
 from .rules import build_rule
 
@@ -41,10 +51,11 @@ UNSUPPORTED = ("error", "skip")
 
 # Modules that compute linear maps with weights of their own, outside any nn.Linear forward: the
 # rules cannot act on them, and rules_of lists them as "none".
-UNCONVERTIBLE_TYPES = (nn.MultiheadAttention, nn.RNNBase, nn.Bilinear)
+UNCONVERTIBLE_TYPES = (nn.RNNBase, nn.Bilinear)
 
-# Modules whose forward reads the weights of some of their child layers directly, so that those
-# children's own forward (and with it the rule) is never used: type -> child names.
+# Modules whose forward reads the weights of some of their child layers directly: type -> child
+# names. The rule acts on such a child only when its parent is converted too (a converted
+# attention module routes its out_proj's calls through out_proj's rule).
 WEIGHT_READERS = {nn.MultiheadAttention: ("out_proj",)}
 
 
@@ -80,18 +91,22 @@ def _patterns(argument: str, given: Patterns) -> List["re.Pattern"]:
 def layers_of(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """
     Returns:
-        list[(str, nn.Module)]: every convolution (1-3 d, transposed or not) and nn.Linear of
-        ``model``, subclasses included, named as in ``model.named_modules()``.
+        list[(str, nn.Module)]: every convolution (1-3 d, transposed or not), nn.Linear and
+        nn.MultiheadAttention of ``model`` (subclasses included), named as in
+        ``model.named_modules()``. An attention module stands for its input projections; its
+        ``out_proj`` is a layer of its own.
     """
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+    types = LAYER_TYPES + ATTENTION_TYPES
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
 
 
 def find_unsupported(model: nn.Module, names: Optional[Iterable[str]] = None) -> Dict[str, str]:
     """
     The layers of ``model`` that a rule would not act on if converted, and why: a class whose
     forward bypasses the converted path (e.g. a conv subclass computing ``F.conv2d`` itself), a
-    weight read by another module's forward (``nn.MultiheadAttention.out_proj``), or a weight
-    shared with another module.
+    weight read by another module's forward that is not converted with it
+    (``nn.MultiheadAttention.out_proj`` without its attention module), or a weight shared with
+    another module.
 
     Args:
         names: only these layers (module names); default all of :func:`layers_of`.
@@ -110,15 +125,22 @@ def find_unsupported(model: nn.Module, names: Optional[Iterable[str]] = None) ->
     problems = {}
     for name in sorted(wanted, key=order.__getitem__):
         m = modules[name]
-        reason = unsupported_reason(m)
+        if isinstance(m, ATTENTION_TYPES):
+            reason = attention_unsupported_reason(m)
+        else:
+            reason = unsupported_reason(m)
         parent_name, _, child = name.rpartition(".")
         parent = modules.get(parent_name) if name else None
         for reader, children in WEIGHT_READERS.items():
             if reason is None and isinstance(parent, reader) and child in children:
-                reason = (
-                    f"{type(parent).__name__} {parent_name!r} reads its weight directly, "
-                    "without calling its forward"
+                routed = is_converted_attention(parent) or (
+                    parent_name in wanted and attention_unsupported_reason(parent) is None
                 )
+                if not routed:
+                    reason = (
+                        f"{type(parent).__name__} {parent_name!r} reads its weight directly, "
+                        "without calling its forward, and is not converted"
+                    )
         weight = getattr(m, "weight", None)
         if reason is None and isinstance(weight, nn.Parameter):
             own = f"{name}.weight" if name else "weight"
@@ -201,7 +223,11 @@ def convert_layers(
             stacklevel=3,
         )
     for name, m, rule in chosen:
-        if name not in problems:
+        if name in problems:
+            continue
+        if isinstance(m, ATTENTION_TYPES):
+            convert_attention(m, rule, seed=seed, name=name)
+        else:
             convert_layer(m, rule, seed=seed, name=name)
     return model
 
@@ -217,8 +243,10 @@ def convert_model(
     **rule_options,
 ) -> nn.Module:
     """
-    Make every convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``) and ``nn.Linear``
-    of ``model`` learn with ``rule``, subclasses included (e.g. detectron2's ``Conv2d``). Layers
+    Make every convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``), ``nn.Linear``
+    and ``nn.MultiheadAttention`` (its q, k, v and output projections; see
+    :mod:`bio_detectron.core.attention`) of ``model`` learn with ``rule``, subclasses included
+    (e.g. detectron2's ``Conv2d``). Layers
     are converted in place: parameter names and values, and every reference to the layers, stay
     as they were, so existing checkpoints keep loading. A layer converted before gets the new rule.
 
@@ -251,17 +279,27 @@ def convert_model(
 def rules_of(model: nn.Module) -> Dict[str, str]:
     """
     Returns:
-        dict[str, str]: module name -> rule name, for every convolution and nn.Linear of ``model``
-        and every module of :data:`UNCONVERTIBLE_TYPES`; "none" where no rule acts (a layer not
-        converted, or one whose weight is used outside its forward), so it trains with plain
-        autograd.
+        dict[str, str]: module name -> rule name, for every convolution and nn.Linear of
+        ``model``, every input projection of its attention modules (``<attention>.in_proj``, or
+        ``.q_proj``, ``.k_proj``, ``.v_proj``) and every module of :data:`UNCONVERTIBLE_TYPES`;
+        "none" where no rule acts (a layer not converted, or one whose weight is used outside its
+        forward), so it trains with plain autograd.
     """
     layers = layers_of(model)
-    problems = find_unsupported(model, [n for n, _ in layers])
-    rules = {
-        name: m.rule if isinstance(m, FeedbackLayer) and name not in problems else "none"
-        for name, m in layers
-    }
+    # (Attention modules left out: their out_proj learns with its rule only once they are
+    # converted, not when they would be.)
+    problems = find_unsupported(model, [n for n, m in layers if not isinstance(m, ATTENTION_TYPES)])
+    rules = {}
+    for name, m in layers:
+        if isinstance(m, ATTENTION_TYPES):
+            for projection in projection_names(m):
+                module = m._modules.get(projection) if is_converted_attention(m) else None
+                rules[f"{name}.{projection}" if name else projection] = (
+                    module.rule if module is not None else "none"
+                )
+        else:
+            converted = isinstance(m, FeedbackLayer) and name not in problems
+            rules[name] = m.rule if converted else "none"
     for name, m in model.named_modules():
         if isinstance(m, UNCONVERTIBLE_TYPES):
             rules[name] = "none"
@@ -294,5 +332,8 @@ def revert_model(model: nn.Module) -> nn.Module:
         nn.Module: ``model``.
     """
     for _, m in list(model.named_modules()):
-        revert_layer(m)
+        if isinstance(m, ATTENTION_TYPES):
+            revert_attention(m)
+        elif not isinstance(m, AttentionProjection):  # (those go with their attention module)
+            revert_layer(m)
     return model

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.conv import _ConvTransposeNd
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from .layers import FeedbackLayer
 from .rules import WeightMirror, layer_seed
@@ -119,7 +119,8 @@ def _contributions_per_offset(kernel_size, spatial, pad, args, device) -> torch.
 def mirror_correlation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     Args:
-        layer: a convolution (any dimension, transposed or not) or nn.Linear.
+        layer: a convolution (any dimension, transposed or not), nn.Linear or an attention
+            projection (:class:`~bio_detectron.core.attention.AttentionProjection`).
         x (Tensor): noise shaped like the layer's input: (N, C_in, *spatial) for a convolution,
             (*, in_features) for a linear layer.
 
@@ -131,7 +132,7 @@ def mirror_correlation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     weight = layer.weight.detach()
     x = x.to(weight.dtype)
-    if isinstance(layer, nn.Linear):
+    if not isinstance(layer, _ConvNd):  # nn.Linear, or an attention projection
         rows = x.reshape(-1, x.shape[-1])
         y = F.linear(rows, weight)
         return y.t().mm(rows).div_(rows.shape[0])
@@ -161,7 +162,7 @@ def _fan_in(layer: nn.Module) -> float:
 
 def _positions_per_sample(layer: nn.Module, input_shape: Sequence[int]) -> float:
     """Products one noise sample adds to the correlation of a weight, averaged over offsets."""
-    if isinstance(layer, nn.Linear):
+    if not isinstance(layer, _ConvNd):
         return float(math.prod(input_shape[1:-1]))
     pad, args = _conv_arguments(layer)
     counts = _contributions_per_offset(layer.kernel_size, input_shape[2:], pad, args, "cpu")

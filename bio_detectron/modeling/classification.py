@@ -11,6 +11,8 @@ the detector (B's seed depends on the full module name):
   ``classifier`` is the last linear layer (the "predictor" part).
 * AlexNet: the five convs are ``backbone.bottom_up.conv1..conv5`` ("backbone"), the hidden linear
   layers ``head.fc6/fc7`` ("head") and the last one ``classifier`` ("predictor").
+* ViT: ``backbone.bottom_up`` is torchvision's VisionTransformer without its head ("backbone":
+  the patch embedding, every attention module and MLP); ``classifier`` the last layer.
 """
 
 from typing import Sequence, Tuple, Union
@@ -22,6 +24,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from fvcore.common.registry import Registry
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
 
 from .parts import convert_from_cfg
 
@@ -30,6 +33,7 @@ __all__ = [
     "ImageClassifier",
     "ResNetClassifier",
     "AlexNet",
+    "ViTClassifier",
     "build_classifier",
 ]
 
@@ -244,6 +248,72 @@ class AlexNet(ImageClassifier):
     def logits(self, x):
         x = torch.flatten(self.backbone.bottom_up(x), 1)
         return self.classifier(self.head(x))
+
+
+@CLASSIFIER_REGISTRY.register()
+class ViTClassifier(ImageClassifier):
+    """
+    torchvision's VisionTransformer (square patches, a class token, pre-norm blocks of
+    ``nn.MultiheadAttention`` and an MLP), without dropout, whose class token feeds a linear
+    ``classifier``. Its attention modules learn with the rule as its other layers do (see
+    docs/rules.md, "Attention").
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        mlp_dim: int,
+        num_classes: int,
+        **kwargs,
+    ):
+        """
+        Args:
+            image_size: side of the (square) input images.
+            patch_size, num_layers, num_heads, hidden_dim, mlp_dim: torchvision's
+                ``VisionTransformer`` arguments.
+            num_classes: outputs of the classifier.
+            kwargs: see :class:`ImageClassifier`.
+        """
+        super().__init__(**kwargs)
+        body = VisionTransformer(
+            image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, num_classes=1
+        )
+        body.heads = nn.Identity()  # the classifier below is the last layer
+        self.backbone = _Container(bottom_up=body)
+        self.classifier = nn.Linear(hidden_dim, num_classes)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int):
+        vit, size = cfg.MODEL.CLASSIFIER.VIT, cfg.INPUT.CLASSIFICATION.SIZE
+        if size % vit.PATCH_SIZE:
+            raise ValueError(
+                f"INPUT.CLASSIFICATION.SIZE={size} is not a multiple of "
+                f"MODEL.CLASSIFIER.VIT.PATCH_SIZE={vit.PATCH_SIZE}"
+            )
+        if vit.HIDDEN_DIM % vit.NUM_HEADS:
+            raise ValueError(
+                f"MODEL.CLASSIFIER.VIT.HIDDEN_DIM={vit.HIDDEN_DIM} is not a multiple of "
+                f"MODEL.CLASSIFIER.VIT.NUM_HEADS={vit.NUM_HEADS}"
+            )
+        return {
+            "image_size": size,
+            "patch_size": vit.PATCH_SIZE,
+            "num_layers": vit.NUM_LAYERS,
+            "num_heads": vit.NUM_HEADS,
+            "hidden_dim": vit.HIDDEN_DIM,
+            "mlp_dim": vit.MLP_DIM,
+            "num_classes": num_classes,
+            **_base_kwargs(cfg),
+        }
+
+    def logits(self, x):
+        return self.classifier(self.backbone.bottom_up(x))
 
 
 def build_classifier(cfg, num_classes: int) -> ImageClassifier:
