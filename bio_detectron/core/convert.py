@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from torch import nn
 
+from .dfa import install_error_source, remove_error_source
 from .layers import LAYER_TYPES, FeedbackLayer, convert_layer, revert_layer, unsupported_reason
 from .rules import build_rule
 
@@ -138,6 +139,7 @@ def convert_layers(
     include: Patterns = None,
     exclude: Patterns = None,
     unsupported: str = "error",
+    outputs: Optional[Iterable[str]] = None,
 ) -> nn.Module:
     """
     The one conversion of a whole model, behind :func:`convert_model` (one rule) and the
@@ -153,6 +155,9 @@ def convert_layers(
         include: if given, regexes (``re.search``); only the layers matching one are converted.
         exclude: regexes of layers that are left alone.
         unsupported: one of :data:`UNSUPPORTED`.
+        outputs: module names of the output layers whose output gradients are the error that
+            ``direct_feedback_alignment`` sends to its layers (:mod:`bio_detectron.core.dfa`);
+            default: the model's last layer. Unused by the other rules.
 
     Raises:
         ArgumentError: a pattern that matches no layer, or (``unsupported`` "error") layers no
@@ -200,6 +205,9 @@ def convert_layers(
             f"(unsupported='skip'): {listing}",
             stacklevel=3,
         )
+    direct = {n: m for n, m, rule in chosen if rule.error_feedback and n not in problems}
+    if direct:  # before the layers make their B, whose shape depends on the outputs
+        install_error_source(model, direct, list(outputs or [names[-1]]))
     for name, m, rule in chosen:
         if name not in problems:
             convert_layer(m, rule, seed=seed, name=name)
@@ -214,6 +222,7 @@ def convert_model(
     include: Patterns = None,
     exclude: Patterns = None,
     unsupported: str = "error",
+    outputs: Optional[Iterable[str]] = None,
     **rule_options,
 ) -> nn.Module:
     """
@@ -232,6 +241,7 @@ def convert_model(
         unsupported (str): "error" (default) refuses a model with a layer the rule could not act
             on (see :func:`find_unsupported`), naming each; "skip" leaves such layers on plain
             autograd with a warning naming them.
+        outputs (list[str]): see :func:`convert_layers`.
         rule_options: options of the rule, e.g. ``scale="mean_abs"``.
 
     Returns:
@@ -245,6 +255,7 @@ def convert_model(
         include=include,
         exclude=exclude,
         unsupported=unsupported,
+        outputs=outputs,
     )
 
 
@@ -293,6 +304,7 @@ def revert_model(model: nn.Module) -> nn.Module:
     Returns:
         nn.Module: ``model``.
     """
+    remove_error_source(model)
     for _, m in list(model.named_modules()):
         revert_layer(m)
     return model

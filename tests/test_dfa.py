@@ -1,0 +1,323 @@
+"""Direct feedback alignment: gradients against a reference written here, the error of dense
+outputs, B per layer and across checkpoints, processes, and the two training tools."""
+
+import copy
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.grad import conv2d_weight
+
+import bio_detectron as bd
+from bio_detectron.core.rules import layer_seed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RULE = "direct_feedback_alignment"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --- Classifiers: Nøkland's definition, by hand -------------------------------------------------
+
+
+def test_mlp_gradients_equal_noklands_by_hand():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)
+    ).double()
+    bd.convert_model(net, RULE, seed=4)
+    x, target = torch.randn(8, 5, dtype=torch.double), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    F.cross_entropy(net(x), target).backward()
+
+    # Forward by hand, then e = dL/dy = (softmax(y) - onehot) / N and, for each hidden layer,
+    # delta_l = (B e) * f'(a_l), B the feedback of the layer that reads h_l.
+    W = [net[i].weight.detach() for i in (0, 2, 4)]
+    b = [net[i].bias.detach() for i in (0, 2, 4)]
+    h1 = torch.tanh(x @ W[0].T + b[0])
+    h2 = torch.tanh(h1 @ W[1].T + b[1])
+    y = h2 @ W[2].T + b[2]
+    e = (torch.softmax(y, 1) - F.one_hot(target, 3)) / len(x)
+    B1, B2 = net[2].feedback, net[4].feedback  # (7, 3), (6, 3): (C_in, C_e)
+    assert B1.shape == (7, 3) and B2.shape == (6, 3) and net[0].feedback.shape == (5, 3)
+    d2 = (e @ B2.T) * (1 - h2**2)
+    d1 = (e @ B1.T) * (1 - h1**2)
+    torch.testing.assert_close(net[4].weight.grad, e.T @ h2)  # the output layer: its true e
+    torch.testing.assert_close(net[2].weight.grad, d2.T @ h1)
+    torch.testing.assert_close(net[0].weight.grad, d1.T @ x)
+    torch.testing.assert_close(net[0].bias.grad, d1.sum(0))
+    # "kaiming": B ~ N(0, 1/C_e), from the rule's seed and the layer's name alone.
+    g = torch.Generator().manual_seed(layer_seed(4, "2"))
+    torch.testing.assert_close(B1, torch.randn(7, 3, generator=g).double() / math.sqrt(3))
+
+
+def test_conv_net_gradients_equal_a_reference_by_hand():
+    """Conv -> BatchNorm -> ReLU -> conv -> ReLU -> average pool -> linear: B_l e broadcast over
+    each conv input's locations, then exact BatchNorm, ReLU and pooling down to the weights."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    ).double()
+    stock = copy.deepcopy(net)
+    bd.convert_model(net, RULE, seed=1)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.double)
+    target = torch.tensor([1, 4, 0])
+    F.cross_entropy(net(x), target).backward()
+
+    c1, bn, c2, fc = stock[0], stock[1], stock[3], stock[7]
+    a1 = c1(x)
+    a1_ = a1.detach().requires_grad_()
+    z1 = F.relu(bn(a1_))
+    a2 = c2(z1.detach())
+    z2 = F.relu(a2)
+    p = z2.mean((2, 3))
+    y = fc(p)
+    e = (torch.softmax(y, 1) - F.one_hot(target, 5)).detach() / len(x)
+    g_p = e @ net[7].feedback.T  # the linear layer's input: B_fc e
+    g_a2 = (g_p[:, :, None, None] / 16).expand_as(a2) * (a2 > 0)  # pool, ReLU
+    g_z1 = torch.einsum("ic,nc->ni", net[3].feedback, e)[:, :, None, None].expand_as(z1)
+    (g_a1,) = torch.autograd.grad(z1, a1_, g_z1)  # BatchNorm and ReLU: exact
+    torch.testing.assert_close(net[7].weight.grad, e.T @ p.detach())
+    torch.testing.assert_close(
+        net[3].weight.grad, conv2d_weight(z1.detach(), c2.weight.shape, g_a2, 2, 1)
+    )
+    torch.testing.assert_close(net[3].bias.grad, g_a2.sum((0, 2, 3)))
+    torch.testing.assert_close(net[0].weight.grad, conv2d_weight(x, c1.weight.shape, g_a1, 1, 1))
+    for name, m in net.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert m.feedback.shape == (m.weight.shape[1], 5), name  # (C_in, C_e)
+
+
+# --- Dense outputs ------------------------------------------------------------------------------
+
+
+class _Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.head = _Head()
+
+    def forward(self, x):
+        p8 = self.backbone(x)
+        return self.head(p8, self.down(p8))
+
+
+class _Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls_score = nn.Conv2d(4, 3, 1)
+        self.bbox_pred = nn.Conv2d(4, 2, 1)
+
+    def forward(self, p8, p4):
+        return [self.cls_score(p8), self.cls_score(p4)], [self.bbox_pred(p4)]
+
+
+def test_dense_errors_are_pooled_replicated_and_projected_per_layer():
+    torch.manual_seed(0)
+    net = _Detector().double()
+    bd.convert_model(net, RULE, seed=2, outputs=["head.cls_score", "head.bbox_pred"])
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double, requires_grad=True)
+    (c8, c4), (b4,) = net(x)
+    e_c8, e_c4, e_b4 = (torch.randn_like(t) for t in (c8, c4, b4))
+    ((c8 * e_c8).sum() + (c4 * e_c4).sum() + (b4 * e_b4).sum()).backward()
+
+    def project(feedback, size):
+        """B e-bar at ``size``: each error projected by its columns, then brought to size."""
+        cls, box = feedback[:, :3], feedback[:, 3:]
+        maps = [
+            (torch.einsum("ic,nchw->nihw", cls, e_c8)),
+            (torch.einsum("ic,nchw->nihw", cls, e_c4)),
+            (torch.einsum("ic,nchw->nihw", box, e_b4)),
+        ]
+        out = 0
+        for m in maps:
+            if m.shape[-1] > size:  # 8 -> 4: the mean of each 2x2 block
+                m = m.reshape(*m.shape[:2], 4, 2, 4, 2).mean((3, 5))
+            elif m.shape[-1] < size:  # 4 -> 8: each value repeated over its 2x2 block
+                m = m.repeat_interleave(2, 2).repeat_interleave(2, 3)
+            out = out + m
+        return out
+
+    # The input's gradient is the first layer's B e-bar at 8x8.
+    torch.testing.assert_close(x.grad, project(net.backbone[0].feedback, 8))
+    # `down`'s output feeds the two output layers at 4x4: its output gradient is their B e-bar.
+    p8 = net.backbone(x).detach()
+    g4 = project(net.head.cls_score.feedback, 4) + project(net.head.bbox_pred.feedback, 4)
+    torch.testing.assert_close(
+        net.down.weight.grad, conv2d_weight(p8, net.down.weight.shape, g4, 2, 1)
+    )
+    # The output layers' own weight gradients are their true ones, summed over their calls.
+    p4 = net.down(p8).detach()
+    w = net.head.cls_score.weight.shape
+    true = conv2d_weight(p8, w, e_c8, 1, 0) + conv2d_weight(p4, w, e_c4, 1, 0)
+    torch.testing.assert_close(net.head.cls_score.weight.grad, true)
+    assert net.head.cls_score.feedback.shape == (4, 5) and net.down.feedback.shape == (4, 5)
+
+
+def test_outputs_must_be_returned_by_their_common_module():
+    class Reshaping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)  # neither output leaves the module as it is
+
+    net = bd.convert_model(Reshaping(), RULE, outputs=["a", "b"])
+    with pytest.raises(RuntimeError, match=r"\['a', 'b'\].*does not return them"):
+        net(torch.randn(2, 3))
+
+
+def test_a_layer_without_an_error_source_is_an_error():
+    with pytest.raises(RuntimeError, match="needs the error at its model's outputs"):
+        bd.FeedbackLinear(3, 2, rule=RULE)
+
+
+def test_several_forward_passes_each_use_their_own_error():
+    torch.manual_seed(0)
+    net = bd.convert_model(nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3)), RULE)
+    x1, x2 = torch.randn(2, 4), torch.randn(2, 4)
+    y1, y2 = net(x1), net(x2)
+    g = torch.randn(2, 3)
+    (y1 * g).sum().backward()
+    torch.testing.assert_close(net[0].weight.grad, (g @ net[1].feedback.T).T @ x1)
+    net.zero_grad()
+    (y2 * 0).sum().backward()
+    assert net[0].weight.grad.abs().sum() == 0
+
+
+# --- B: per layer, checkpoints, reverting -------------------------------------------------------
+
+
+def test_feedback_follows_seed_and_name_and_is_restored_from_a_state_dict():
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 1))  # noqa: E731
+    a = bd.convert_model(make(), RULE, seed=3)
+    b = bd.convert_model(make(), RULE, seed=3)
+    c = bd.convert_model(make(), RULE, seed=4)
+    assert torch.equal(a[2].feedback, b[2].feedback) and not torch.equal(
+        a[2].feedback, c[2].feedback
+    )
+    state = a.state_dict()
+    assert state._metadata["2"]["bio_rule"] == "direct_feedback_alignment(scale='kaiming')"
+    c.load_state_dict(state)
+    assert torch.equal(c[2].feedback, a[2].feedback) and c[2]._feedback_restored
+    # Reverting removes the error source's hooks with the rule.
+    bd.revert_model(a)
+    assert not any(m._forward_hooks for m in a.modules()) and "feedback" not in a.state_dict()
+
+
+# --- Detectors: RetinaNet by parts --------------------------------------------------------------
+
+
+def _retinanet(*opts):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    bd.add_bio_config(cfg)
+    cfg.merge_from_file(
+        os.path.join(
+            REPO, "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml"
+        )
+    )
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg, build_model(cfg)
+
+
+@pytest.mark.slow
+def test_retinanet_dfa_in_head_and_fpn_with_feedback_alignment_in_the_backbone():
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.utils.events import EventStorage
+
+    cfg, model = _retinanet(
+        "MODEL.BIO.RULE", RULE, "MODEL.BIO.PARTS.BACKBONE", "feedback_alignment",
+        "MODEL.BIO.PARTS.PREDICTOR", "backprop",
+    )  # fmt: skip
+    rules = bd.rules_of(model)
+    assert rules["backbone.bottom_up.res2.0.conv1"] == "feedback_alignment"
+    assert rules["backbone.fpn_lateral3"] == RULE and rules["head.cls_subnet.0"] == RULE
+    assert rules["head.cls_score"] == "backprop"
+    source = model._error_source
+    assert source.outputs == ["head.cls_score", "head.bbox_pred"] and source.collector == "head"
+    a, k = 9, cfg.MODEL.RETINANET.NUM_CLASSES
+    assert model.head.cls_subnet[0].feedback.shape == (256, a * k + a * 4)
+    assert model.backbone.fpn_lateral3.feedback.shape == (128, a * k + a * 4)
+    assert model.backbone.bottom_up.res2[0].conv1.feedback.shape == (64, 64, 3, 3)
+
+    mapper = DatasetMapper(cfg, is_train=True)
+    batch = [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("shapes_train_mini")[:2]]
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    sum(losses.values()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    for name in ("head.cls_subnet.0.weight", "backbone.fpn_output5.weight",
+                 "backbone.bottom_up.stem.conv1.weight"):  # fmt: skip
+        assert grads[name].abs().sum() > 0, name
+
+
+# --- The tools ----------------------------------------------------------------------------------
+
+
+def _run(tool, config, out, *opts, timeout=600):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(REPO, "tools", tool), "--config-file",
+           os.path.join(REPO, "configs", config), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out),
+           *opts]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_train_imagenet_trains_a_resnet18_with_the_rule(tmp_path):
+    from bio_detectron.data import classification_folder
+
+    root = classification_folder(
+        "shapes", root=str(tmp_path / "data"), image_size=32, num_train_per_class=4,
+        num_val_per_class=2,
+    )  # fmt: skip
+    opts = ["DATASETS.IMAGENET_ROOT", root, "INPUT.CLASSIFICATION.SIZE", "32",
+            "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
+    _run("train_imagenet.py", "ImageNet/resnet18_direct_feedback_alignment.yaml", tmp_path,
+         *opts, "SOLVER.MAX_ITER", "3")  # fmt: skip
+    ckpt = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    feedback = {k: v for k, v in ckpt.items() if k.endswith(".feedback")}
+    assert len(feedback) == 21  # 20 convs and the classifier, all of them on the rule
+    assert feedback["classifier.feedback"].shape == (512, 10)
+    assert feedback["backbone.bottom_up.res3.0.conv1.feedback"].shape == (64, 10)
+
+
+@pytest.mark.slow
+def test_train_net_trains_a_retinanet_r18_and_resume_restores_b(tmp_path):
+    opts = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
+            "DATASETS.TRAIN", "('shapes_train_mini',)", "DATASETS.TEST", "()",
+            "SOLVER.CHECKPOINT_PERIOD", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+            "INPUT.MAX_SIZE_TRAIN", "64"]  # fmt: skip
+    config = "Shapes-Detection/retinanet_R_18_FPN_direct_feedback_alignment.yaml"
+    _run("train_net.py", config, tmp_path, *opts, "SOLVER.MAX_ITER", "2")
+    first = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    assert first["head.cls_subnet.0.feedback"].shape[1] == 9 * (3 + 4)  # 3 shapes, 4 deltas
+    # Resumed with another seed: B is the checkpoint's, and training goes on from it.
+    _run("train_net.py", config, tmp_path, *opts, "SOLVER.MAX_ITER", "3", "MODEL.BIO.SEED", "9",
+         "--resume")  # fmt: skip
+    second = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    feedback = [k for k in first if k.endswith(".feedback")]
+    assert len(feedback) == 34
+    for k in feedback:
+        assert torch.equal(first[k], second[k]), k
+    assert not torch.equal(first["head.cls_subnet.0.weight"], second["head.cls_subnet.0.weight"])
