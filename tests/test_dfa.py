@@ -323,3 +323,62 @@ def test_train_net_trains_a_retinanet_r18_and_resume_restores_b(tmp_path):
     for k in feedback:
         assert torch.equal(first[k], second[k]), k
     assert not torch.equal(first["head.cls_subnet.0.weight"], second["head.cls_subnet.0.weight"])
+
+
+# --- Several processes --------------------------------------------------------------------------
+
+
+def _two_process_worker(config, root, output_dir):
+    import train_imagenet
+    from detectron2.engine import default_argument_parser
+    from detectron2.utils import comm
+
+    from bio_detectron.engine.classification import build_classification_trainer
+
+    torch.set_num_threads(1)
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.IMAGENET_ROOT", root, "INPUT.CLASSIFICATION.SIZE",
+            "32", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS",
+            "0", "TEST.EVAL_PERIOD", "0", "SEED", "7", "OUTPUT_DIR", output_dir]  # fmt: skip
+    args = default_argument_parser().parse_args(["--config-file", config, *opts])
+    trainer = build_classification_trainer(train_imagenet.setup(args))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = trainer.unwrapped_model
+    # Parameters and B (BatchNorm's running statistics are each process's own).
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    state.update((k, v.clone()) for k, v in model.named_buffers() if k.endswith(".feedback"))
+    gathered = comm.all_gather(state)
+    if comm.is_main_process():
+        torch.save(gathered, os.path.join(output_dir, "states.pth"))
+
+
+@pytest.mark.slow
+def test_two_processes_have_the_same_b_and_train_the_same_classifier(tmp_path):
+    """default_setup seeds each process differently: only B made from (seed, layer name) and
+    rank 0's broadcast weights can make the two agree."""
+    from detectron2.engine import launch
+
+    from bio_detectron.data import classification_folder
+
+    root = classification_folder(
+        "shapes", root=str(tmp_path / "data"), image_size=32, num_train_per_class=4,
+        num_val_per_class=2,
+    )  # fmt: skip
+    config = os.path.join(REPO, "configs/ImageNet/resnet18_direct_feedback_alignment.yaml")
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # gloo on the CPU even where there is a GPU
+    try:
+        launch(_two_process_worker, 2, dist_url="auto", args=(config, root, str(tmp_path)))
+    finally:
+        os.environ.pop("CUDA_VISIBLE_DEVICES") if old is None else os.environ.update(
+            CUDA_VISIBLE_DEVICES=old
+        )
+    first, second = torch.load(tmp_path / "states.pth", weights_only=False)
+    feedback = [k for k in first if k.endswith(".feedback")]
+    assert len(feedback) == 21
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
+    g = torch.Generator().manual_seed(layer_seed(0, "classifier"))
+    torch.testing.assert_close(
+        first["classifier.feedback"], torch.randn(512, 10, generator=g) / 10**0.5
+    )
