@@ -219,6 +219,21 @@ def test_feedback_follows_seed_and_name_and_is_restored_from_a_state_dict():
     assert not any(m._forward_hooks for m in a.modules()) and "feedback" not in a.state_dict()
 
 
+def test_alignment_metrics_have_gradient_angles_and_no_weight_angles():
+    from bio_detectron.core.alignment import alignment_metrics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    bd.convert_model(net, RULE)
+    x = torch.randn(5, 4)
+    metrics = alignment_metrics(net, (x,), loss_fn=lambda y: y.square().sum())
+    # B maps the output error, not this layer's output: it has no W to be compared with.
+    assert math.isnan(metrics["0"]["weight_angle"]) and math.isnan(metrics["all"]["weight_angle"])
+    # The last layer's gradient is its true one; the first's is e's through B of the second.
+    assert metrics["2"]["grad_angle"] == pytest.approx(0, abs=1e-5)
+    assert 0 < metrics["0"]["grad_angle"] < 180
+
+
 # --- Detectors: RetinaNet by parts --------------------------------------------------------------
 
 
