@@ -198,6 +198,16 @@ def test_several_forward_passes_each_use_their_own_error():
     assert net[0].weight.grad.abs().sum() == 0
 
 
+def test_under_torch_compile_the_rule_runs_eagerly_with_the_same_gradients():
+    torch.manual_seed(0)
+    net = bd.convert_model(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), RULE)
+    ref, x = copy.deepcopy(net), torch.randn(5, 4)
+    torch.compile(net, backend="aot_eager")(x).square().sum().backward()
+    ref(x).square().sum().backward()  # (a deep copy records its errors in its own source)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
 # --- B: per layer, checkpoints, reverting -------------------------------------------------------
 
 

@@ -106,17 +106,10 @@ class ErrorSource:
         self.current = _Record()
         self._pending: List = []
         self._handles = [
-            modules[name].register_forward_hook(self._record_output(i))
+            modules[name].register_forward_hook(_RecordOutput(self, i))
             for i, name in enumerate(self.outputs)
         ]
         self._handles.append(modules[self.collector].register_forward_hook(self._capture))
-
-    def _record_output(self, index: int):
-        def hook(module, args, output):
-            if torch.is_grad_enabled() and output.requires_grad:
-                self._pending.append((index, output))
-
-        return hook
 
     def _capture(self, module, args, output):
         pending, self._pending = self._pending, []
@@ -144,6 +137,18 @@ class ErrorSource:
 
     def bound(self, rule, layer: nn.Module) -> "DirectFeedback":
         return DirectFeedback(rule, self, layer)
+
+
+class _RecordOutput:
+    """The forward hook of one output layer: keeps its output for the collector's hook. (An
+    object, not a closure, so that a deep copy of the model records into its own source.)"""
+
+    def __init__(self, source: ErrorSource, index: int):
+        self.source, self.index = source, index
+
+    def __call__(self, module, args, output):
+        if torch.is_grad_enabled() and output.requires_grad:
+            self.source._pending.append((self.index, output))
 
 
 def _walk(output, fn):
@@ -302,11 +307,6 @@ def _bind(rule, layer: nn.Module) -> DirectFeedback:
             f"{type(layer).__name__} {getattr(layer, 'bio_name', '')!r} learns with {rule.name}, "
             "which needs the error at its model's outputs: convert the whole model "
             "(convert_model, MODEL.BIO), which installs the error source"
-        )
-    if torch.compiler.is_compiling():
-        raise RuntimeError(
-            f"{rule.name} reads the error that its backward pass captures at the model's outputs, "
-            "which a compiled graph cannot do: train it without torch.compile"
         )
     return source.bound(rule, layer)
 
