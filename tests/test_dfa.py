@@ -183,6 +183,11 @@ def test_outputs_must_be_returned_by_their_common_module():
 def test_a_layer_without_an_error_source_is_an_error():
     with pytest.raises(RuntimeError, match="needs the error at its model's outputs"):
         bd.FeedbackLinear(3, 2, rule=RULE)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"\['1'\] are not convolutions or nn.Linear"):
+        bd.convert_model(net, RULE, outputs=["1"])
+    with pytest.raises(ValueError, match=r"not found: \['head'\]"):
+        bd.convert_model(net, RULE, outputs=["head"])
 
 
 def test_several_forward_passes_each_use_their_own_error():

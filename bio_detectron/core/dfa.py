@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from .rules import RULE_REGISTRY, ScaledRule, feedback_scale
 
@@ -94,6 +95,13 @@ class ErrorSource:
             raise ValueError(
                 f"outputs={list(outputs)!r}: the output layers of direct feedback alignment must "
                 f"be module names of {type(model).__name__}; not found: {missing}"
+            )
+        not_layers = [n for n in outputs if not isinstance(modules[n], (_ConvNd, nn.Linear))]
+        if not_layers:
+            raise ValueError(
+                f"outputs={list(outputs)!r}: {not_layers} are not convolutions or nn.Linear; the "
+                "output layers of direct feedback alignment are layers, whose output channels "
+                "make the error"
             )
         self.outputs = list(outputs)
         self.spans, start = [], 0
@@ -175,8 +183,10 @@ def _common_prefix(names: Sequence[str]) -> str:
 
 class DirectFeedback:
     """
-    A rule with an error source, bound to one layer for one forward pass: what the layer's
-    autograd function receives in place of the rule (same methods, plus :meth:`input_gradient`).
+    A rule with an error source, bound to one layer for one forward pass (the error of that pass):
+    what the layer's autograd function receives in place of the rule. It makes the layer's
+    feedback tensor and gives its input gradient (:meth:`input_gradient`); the autograd function
+    computes no input gradient of its own (``error_feedback``).
     """
 
     error_feedback = True
@@ -184,6 +194,7 @@ class DirectFeedback:
     def __init__(self, rule, source: ErrorSource, layer: nn.Module):
         self.rule, self.source, self.record = rule, source, source.current
         self.in_channels = _in_channels(layer)
+        self.conv = not isinstance(layer, nn.Linear)
         self.name = getattr(layer, "bio_name", "") or type(layer).__name__
 
     def feedback_shape(self, weight) -> tuple:
@@ -191,9 +202,6 @@ class DirectFeedback:
 
     def init_feedback(self, weight, generator):
         return self.rule.init_error_feedback(weight, self.feedback_shape(weight), generator)
-
-    def feedback_weight_parts(self, weight, feedback):
-        return self.rule.feedback_weight_parts(weight, feedback)
 
     def input_gradient(self, input: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
         """
@@ -215,11 +223,6 @@ class DirectFeedback:
                 f"the outputs {self.source.outputs} in this backward pass: the loss must depend "
                 "on them"
             )
-        conv = (
-            isinstance(input, torch.Tensor)
-            and self.in_channels == input.shape[1]
-            and (input.dim() > 2)
-        )
         total = None
         for index, error in errors:
             start, stop = self.source.spans[index]
@@ -234,7 +237,7 @@ class DirectFeedback:
             projected = torch.einsum("ic,nc...->ni...", b, error)  # (N, C_in, *spatial_o)
             part = (
                 _to_map(projected, input.shape[2:])
-                if conv
+                if self.conv
                 else _to_features(projected, input, self.name)
             )
             total = part if total is None else total.add_(part)
