@@ -213,6 +213,18 @@ def test_under_torch_compile_the_rule_runs_eagerly_with_the_same_gradients():
         torch.testing.assert_close(p.grad, q.grad)
 
 
+def test_an_output_changed_in_place_afterwards():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3), nn.ReLU(inplace=True))
+    bd.convert_model(net, RULE, outputs=["1"])
+    x = torch.randn(6, 4)
+    y = net(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    e = g * (y > 0)  # the error at the output layer's output, before the in-place ReLU
+    torch.testing.assert_close(net[0].weight.grad, (e @ net[1].feedback.T).T @ x)
+
+
 # --- B: per layer, checkpoints, reverting -------------------------------------------------------
 
 

@@ -70,7 +70,9 @@ class _CaptureErrors(torch.autograd.Function):
     @staticmethod
     def forward(ctx, record, indices, *outputs):
         ctx.record, ctx.indices = record, indices
-        return tuple(t.view_as(t) for t in outputs)
+        # Copies, not views: a view of an input returned by a custom Function may not be changed
+        # in place (a ResNet's last conv output gets an in-place ReLU), and the outputs are small.
+        return tuple(t.clone() for t in outputs)
 
     @staticmethod
     def backward(ctx, *grads):
