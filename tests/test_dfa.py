@@ -261,6 +261,23 @@ def test_alignment_metrics_have_gradient_angles_and_no_weight_angles():
     assert 0 < metrics["0"]["grad_angle"] < 180
 
 
+def test_a_pickled_model_trains_with_its_own_error_source():
+    import io
+
+    torch.manual_seed(0)
+    net = bd.convert_model(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), RULE)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded._error_source is loaded[0]._error_source is not net._error_source
+    x = torch.randn(5, 4)
+    for model in (net, loaded):
+        model(x).square().sum().backward()
+    for p, q in zip(net.parameters(), loaded.parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
 # --- Detectors: RetinaNet by parts --------------------------------------------------------------
 
 
