@@ -236,11 +236,13 @@ class DirectFeedback:
                     f"input {input.shape[0]} (shape {tuple(input.shape)}); both must have the "
                     "batch first"
                 )
-            projected = torch.einsum("ic,nc...->ni...", b, error)  # (N, C_in, *spatial_o)
+            size = input.shape[2:]
+            if self.conv and error.dim() - 2 == len(size) and error[0, 0].numel() > size.numel():
+                # Pooling and the 1x1 map commute: pool first, project fewer locations.
+                error = _POOLS[len(size)](error, tuple(size))
+            projected = torch.einsum("ic,nc...->ni...", b, error)  # (N, C_in, *spatial)
             part = (
-                _to_map(projected, input.shape[2:])
-                if self.conv
-                else _to_features(projected, input, self.name)
+                _to_map(projected, size) if self.conv else _to_features(projected, input, self.name)
             )
             total = part if total is None else total.add_(part)
         return total.to(input.dtype)
