@@ -55,6 +55,32 @@ def test_mlp_gradients_equal_noklands_by_hand():
     torch.testing.assert_close(B1, torch.randn(7, 3, generator=g).double() / math.sqrt(3))
 
 
+def test_hidden_layers_learn_xor_from_the_direct_error():
+    """With the rule the hidden layers learn what the last layer alone cannot (XOR): the output
+    layer's weights come to align with B (Nøkland 2016), as they do under feedback alignment."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 2, generator=g)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()
+
+    def train(rule, hidden_frozen=False):
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2)
+        )
+        bd.convert_model(net, rule)
+        for i in (0, 2) if hidden_frozen else ():
+            net[i].requires_grad_(False)
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+        for _ in range(300):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        return (net(x).argmax(1) == y).float().mean().item()
+
+    assert train(RULE) > 0.95
+    assert train("backprop", hidden_frozen=True) < 0.9  # the last layer alone
+
+
 def test_conv_net_gradients_equal_a_reference_by_hand():
     """Conv -> BatchNorm -> ReLU -> conv -> ReLU -> average pool -> linear: B_l e broadcast over
     each conv input's locations, then exact BatchNorm, ReLU and pooling down to the weights."""
