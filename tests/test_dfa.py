@@ -270,6 +270,9 @@ def test_feedback_follows_seed_and_name_and_is_restored_from_a_state_dict():
     # Reverting removes the error source's hooks with the rule.
     bd.revert_model(a)
     assert not any(m._forward_hooks for m in a.modules()) and "feedback" not in a.state_dict()
+    # So does converting every layer to another rule.
+    bd.convert_model(b, "feedback_alignment")
+    assert not any(m._forward_hooks for m in b.modules()) and "_error_source" not in vars(b)
 
 
 def test_alignment_metrics_have_gradient_angles_and_no_weight_angles():

@@ -211,6 +211,8 @@ def convert_layers(
     for name, m, rule in chosen:
         if name not in problems:
             convert_layer(m, rule, seed=seed, name=name)
+    if not any(isinstance(m, FeedbackLayer) and m.learning_rule.error_feedback for _, m in layers):
+        remove_error_source(model)  # converted to other rules: no error to capture any more
     return model
 
 
