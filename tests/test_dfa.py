@@ -192,6 +192,30 @@ def test_dense_errors_are_pooled_replicated_and_projected_per_layer():
     assert net.head.cls_score.feedback.shape == (4, 5) and net.down.feedback.shape == (4, 5)
 
 
+def test_tokens_and_1d_maps_get_the_error_at_every_position():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.conv, self.out = nn.Linear(4, 5), nn.Conv1d(5, 5, 3), nn.Linear(5, 3)
+
+        def forward(self, x):  # (N, T, 4)
+            h = self.conv(self.embed(x).transpose(1, 2))  # (N, 5, T - 2)
+            return self.out(h.mean(2))
+
+    torch.manual_seed(0)
+    net = bd.convert_model(Tokens().double(), RULE, outputs=["out"])
+    x = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
+    g = torch.randn(2, 3, dtype=torch.double)
+    (net(x) * g).sum().backward()
+    # The first layer's input gradient: B e at every token.
+    torch.testing.assert_close(x.grad, (g @ net.embed.feedback.T)[:, None].expand(2, 6, 4))
+    # The linear layer's output gradient is the conv's B e at every position of its 1-d map.
+    g_embed = (g @ net.conv.feedback.T)[:, None].expand(2, 6, 5)
+    torch.testing.assert_close(
+        net.embed.weight.grad, g_embed.reshape(-1, 5).T @ x.detach().reshape(-1, 4)
+    )
+
+
 def test_outputs_must_be_returned_by_their_common_module():
     class Reshaping(nn.Module):
         def __init__(self):
