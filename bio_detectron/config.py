@@ -97,7 +97,8 @@ def add_bio_config(cfg):
     # The learning rule of every Conv2d/Linear of the model, unless a part below overrides it.
     # One of bio_detectron.available_rules(): "backprop", "sign_symmetry",
     # "sign_symmetry_random_magnitude", "feedback_alignment", "feedback_alignment_signed_init",
-    # "kolen_pollack", "weight_mirror" (see MODEL.BIO.MIRROR).
+    # "kolen_pollack", "weight_mirror" (see MODEL.BIO.MIRROR), "direct_feedback_alignment" (its
+    # error is the output gradient of the PREDICTOR part's layers, whatever their rule).
     _C.MODEL.BIO.RULE = "backprop"
     # Per-part rules; "" inherits MODEL.BIO.RULE. Parts are found by module name:
     _C.MODEL.BIO.PARTS = CN()

@@ -288,7 +288,12 @@ def _output(model, inputs):
     return out.sum() if isinstance(out, torch.Tensor) else out
 
 
-@pytest.mark.parametrize("rule", bd.available_rules())
+# The rules that choose B in a layer's own backward; direct feedback alignment sends the output
+# error to each layer's input instead and refuses attention (the test after this one).
+B_RULES = [r for r in bd.available_rules() if not bd.build_rule(r).error_feedback]
+
+
+@pytest.mark.parametrize("rule", B_RULES)
 @pytest.mark.parametrize("which", sorted(MODELS))
 def test_every_rule_converts_vit_transformer_and_detr(which, rule):
     make, inputs = MODELS[which]
@@ -318,6 +323,20 @@ def test_every_rule_converts_vit_transformer_and_detr(which, rule):
     bd.revert_model(model)
     assert [type(m) for m in model.modules()] == [type(m) for m in stock.modules()]
     assert set(model.state_dict()) == stock_keys
+
+
+def test_direct_feedback_alignment_refuses_attention_by_name():
+    model = DetrLike()
+    with pytest.raises(
+        ValueError, match="self_attn: direct_feedback_alignment does not act on Mul"
+    ):
+        bd.convert_model(model, "direct_feedback_alignment")
+    assert not any(isinstance(m, bd.FeedbackLayer) for m in model.modules())  # nothing converted
+    with pytest.warns(UserWarning, match="keep plain autograd"):
+        bd.convert_model(model, "direct_feedback_alignment", unsupported="skip")
+    rules = bd.rules_of(model)
+    assert rules["self_attn.in_proj"] == "none" and rules["cross_attn.in_proj"] == "none"
+    assert "direct_feedback_alignment" in rules.values()
 
 
 def test_out_proj_without_its_attention_module_is_refused():

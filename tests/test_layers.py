@@ -13,7 +13,9 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 import bio_detectron as bd
 from bio_detectron.core.rules import feedback_scale
 
-RULES = bd.available_rules()
+# The rules that send a layer's output gradient through B (direct feedback alignment sends the
+# error at the model's outputs instead: tests/test_dfa.py).
+RULES = [r for r in bd.available_rules() if not bd.RULE_REGISTRY.get(r).error_feedback]
 CONV_VARIANTS = [
     dict(stride=1, padding=1, dilation=1, groups=1, bias=True),
     dict(stride=2, padding=0, dilation=1, groups=1, bias=False),

@@ -77,6 +77,7 @@ PART_DIGESTS = {
     "cd9c9b1bb6d4719d": [
         "ImageNet/Base-Classification.yaml",
         "ImageNet/resnet18_backprop.yaml",
+        "ImageNet/resnet18_direct_feedback_alignment.yaml",
         "ImageNet/resnet18_feedback_alignment.yaml",
         "ImageNet/resnet18_kolen_pollack.yaml",
         "ImageNet/resnet18_sign_symmetry.yaml",
@@ -105,6 +106,7 @@ PART_DIGESTS = {
     ],
     "5b9f422ea0ea2334": [
         "Photos-Detection/retinanet_R_18_FPN_backprop.yaml",
+        "Photos-Detection/retinanet_R_18_FPN_direct_feedback_alignment.yaml",
         "Photos-Detection/retinanet_R_18_FPN_feedback_alignment.yaml",
         "Photos-Detection/retinanet_R_18_FPN_kolen_pollack.yaml",
         "Photos-Detection/retinanet_R_18_FPN_sign_symmetry.yaml",
@@ -113,6 +115,7 @@ PART_DIGESTS = {
         "Shapes-Detection/Base-Shapes.yaml",
         "Shapes-Detection/retinanet_R_18_FPN_backprop.py",
         "Shapes-Detection/retinanet_R_18_FPN_backprop.yaml",
+        "Shapes-Detection/retinanet_R_18_FPN_direct_feedback_alignment.yaml",
         "Shapes-Detection/retinanet_R_18_FPN_feedback_alignment.py",
         "Shapes-Detection/retinanet_R_18_FPN_feedback_alignment.yaml",
         "Shapes-Detection/retinanet_R_18_FPN_kolen_pollack.yaml",

@@ -127,6 +127,10 @@ def weight_metrics(model: nn.Module) -> Dict[str, Dict[str, float]]:
     metrics = {}
     for i, (name, m) in enumerate(converted_layers(model)):
         w, b = m.weight.detach(), m.feedback_weight()  # B made once per layer
+        if b.shape != w.shape:  # direct feedback alignment's B maps the output error: no W to match
+            nan = dict.fromkeys(("weight_angle", "sign_concordance", "norm_ratio"), math.nan)
+            metrics[name] = {**nan, "order": float(i)}
+            continue
         metrics[name] = {
             "weight_angle": angle_between(w, b),
             "sign_concordance": _sign_concordance(w, b),
@@ -186,10 +190,9 @@ def alignment_metrics(
         (``weight_angle`` and ``grad_angle`` of all layers concatenated).
     """
     metrics = weight_metrics(model)
+    weights = [(m.weight, m.feedback_weight()) for _, m in converted_layers(model)]
     summary_all = {
-        "weight_angle": _angle_of_pairs(
-            [(m.weight, m.feedback_weight()) for _, m in converted_layers(model)]
-        )
+        "weight_angle": _angle_of_pairs([(w, b) for w, b in weights if b.shape == w.shape])
     }
     if args is not None:
         angles, call_order = _gradient_angles(model, args, kwargs, loss_fn=loss_fn, start=start)

@@ -21,6 +21,7 @@ from .attention import (
     projection_names,
     revert_attention,
 )
+from .dfa import install_error_source, remove_error_source
 from .layers import LAYER_TYPES, FeedbackLayer, convert_layer, revert_layer, unsupported_reason
 from .rules import build_rule
 
@@ -160,6 +161,7 @@ def convert_layers(
     include: Patterns = None,
     exclude: Patterns = None,
     unsupported: str = "error",
+    outputs: Optional[Iterable[str]] = None,
 ) -> nn.Module:
     """
     The one conversion of a whole model, behind :func:`convert_model` (one rule) and the
@@ -175,6 +177,9 @@ def convert_layers(
         include: if given, regexes (``re.search``); only the layers matching one are converted.
         exclude: regexes of layers that are left alone.
         unsupported: one of :data:`UNSUPPORTED`.
+        outputs: module names of the output layers whose output gradients are the error that
+            ``direct_feedback_alignment`` sends to its layers (:mod:`bio_detectron.core.dfa`);
+            default: the model's last layer. Unused by the other rules.
 
     Raises:
         ArgumentError: a pattern that matches no layer, or (``unsupported`` "error") layers no
@@ -207,6 +212,11 @@ def convert_layers(
         if rule is not None:
             chosen.append((name, m, build_rule(rule)))
     problems = find_unsupported(model, [n for n, _, _ in chosen])
+    for name, m, rule in chosen:
+        if rule.error_feedback and isinstance(m, ATTENTION_TYPES):
+            # The output error is sent to a layer's input (core/dfa.py); attention's projections
+            # are called inside its forward, on rows of one weight, which that does not cover.
+            problems[name] = f"{rule.name} does not act on {type(m).__name__}: choose another rule"
     if problems:
         listing = "; ".join(f"{n}: {r}" for n, r in problems.items())
         if unsupported == "error":
@@ -222,6 +232,9 @@ def convert_layers(
             f"(unsupported='skip'): {listing}",
             stacklevel=3,
         )
+    direct = {n: m for n, m, rule in chosen if rule.error_feedback and n not in problems}
+    if direct:  # before the layers make their B, whose shape depends on the outputs
+        install_error_source(model, direct, list(outputs or [names[-1]]))
     for name, m, rule in chosen:
         if name in problems:
             continue
@@ -229,6 +242,8 @@ def convert_layers(
             convert_attention(m, rule, seed=seed, name=name)
         else:
             convert_layer(m, rule, seed=seed, name=name)
+    if not any(isinstance(m, FeedbackLayer) and m.learning_rule.error_feedback for _, m in layers):
+        remove_error_source(model)  # converted to other rules: no error to capture any more
     return model
 
 
@@ -240,6 +255,7 @@ def convert_model(
     include: Patterns = None,
     exclude: Patterns = None,
     unsupported: str = "error",
+    outputs: Optional[Iterable[str]] = None,
     **rule_options,
 ) -> nn.Module:
     """
@@ -260,6 +276,7 @@ def convert_model(
         unsupported (str): "error" (default) refuses a model with a layer the rule could not act
             on (see :func:`find_unsupported`), naming each; "skip" leaves such layers on plain
             autograd with a warning naming them.
+        outputs (list[str]): see :func:`convert_layers`.
         rule_options: options of the rule, e.g. ``scale="mean_abs"``.
 
     Returns:
@@ -273,6 +290,7 @@ def convert_model(
         include=include,
         exclude=exclude,
         unsupported=unsupported,
+        outputs=outputs,
     )
 
 
@@ -331,6 +349,7 @@ def revert_model(model: nn.Module) -> nn.Module:
     Returns:
         nn.Module: ``model``.
     """
+    remove_error_source(model)
     for _, m in list(model.named_modules()):
         if isinstance(m, ATTENTION_TYPES):
             revert_attention(m)

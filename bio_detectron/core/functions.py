@@ -1,6 +1,7 @@
 """
 The two autograd functions behind every converted layer: one for every convolution (1-, 2- and
-3-d, transposed or not), one for linear layers, whatever the rule. The rule only supplies B.
+3-d, transposed or not), one for linear layers, whatever the rule. The rule only supplies B, or,
+for a rule with ``error_feedback`` (direct feedback alignment), the input gradient itself.
 """
 
 from typing import Optional
@@ -33,6 +34,14 @@ def _feedback_weight(rule, weight, feedback, input):
     return b, scale
 
 
+def _sent_input_gradient(ctx, need_input, input, feedback) -> Optional[torch.Tensor]:
+    """The input gradient of an ``error_feedback`` rule (it does not come from the output
+    gradient), or None: the input gradient is the output gradient sent through B."""
+    if need_input and ctx.rule.error_feedback:
+        return ctx.rule.input_gradient(input, feedback)
+    return None
+
+
 class _FeedbackConvFunction(torch.autograd.Function):
     """Every convolution: ``args`` = (stride, padding, dilation, transposed, output_padding,
     groups), as ``aten.convolution`` takes them."""
@@ -47,6 +56,8 @@ class _FeedbackConvFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight, feedback = ctx.saved_tensors
         need_input, need_weight, need_bias, need_feedback = ctx.needs_input_grad[:4]
+        sent = _sent_input_gradient(ctx, need_input, input, feedback)
+        need_input = need_input and sent is None
         b, scale = (
             _feedback_weight(ctx.rule, weight, feedback, input) if need_input else (weight, None)
         )
@@ -62,6 +73,7 @@ class _FeedbackConvFunction(torch.autograd.Function):
         )
         if scale is not None:
             grad_input = grad_input.mul_(scale)
+        grad_input = sent if sent is not None else grad_input
         grad_feedback = ctx.rule.feedback_grad(grad_weight) if need_feedback else None
         grad_weight = grad_weight if need_weight else None
         return grad_input, grad_weight, grad_bias, grad_feedback, None, None
@@ -79,7 +91,8 @@ class _FeedbackLinearFunction(torch.autograd.Function):
         input, weight, feedback = ctx.saved_tensors
         need_input, need_weight, need_bias, need_feedback = ctx.needs_input_grad[:4]
         grad_input = grad_weight = grad_bias = grad_feedback = None
-        if need_input:
+        grad_input = _sent_input_gradient(ctx, need_input, input, feedback)
+        if need_input and grad_input is None:
             b, scale = _feedback_weight(ctx.rule, weight, feedback, input)
             grad_input = grad_output.matmul(b)
             if scale is not None:

@@ -108,15 +108,15 @@ class FeedbackLayer(FeedbackCheckpointMixin):
     def _make_feedback(self) -> Optional[torch.Tensor]:
         """The feedback tensor made from the current weight (deterministic: seed, name, W)."""
         generator = torch.Generator().manual_seed(layer_seed(self.bio_seed, self.bio_name))
-        weight = self.weight.detach()
-        feedback = self.learning_rule.init_feedback(weight.cpu().float(), generator)
+        weight, rule = self.weight.detach(), self.learning_rule.bind(self)
+        feedback = rule.init_feedback(weight.cpu().float(), generator)
         if feedback is None:
             return None
-        if tuple(feedback.shape) != tuple(weight.shape):
+        if tuple(feedback.shape) != rule.feedback_shape(weight):
             raise ValueError(
                 f"{type(self.learning_rule).__name__}.init_feedback made a feedback tensor of "
                 f"shape {tuple(feedback.shape)} for {self.bio_name or 'a layer'} with weight "
-                f"{tuple(weight.shape)}; it must be shaped like W"
+                f"{tuple(weight.shape)}; it must be shaped {rule.feedback_shape(weight)}"
             )
         return feedback.to(device=weight.device, dtype=weight.dtype)
 
@@ -180,7 +180,7 @@ class FeedbackConvMixin(FeedbackLayer):
         input, weight, bias = self._cast_for_autocast(input, weight, bias)
         args = (self.stride, padding, self.dilation, self.transposed, output_padding, self.groups)
         return _FeedbackConvFunction.apply(
-            input, weight, bias, self._feedback_for_backward(), self.learning_rule, args
+            input, weight, bias, self._feedback_for_backward(), self.learning_rule.bind(self), args
         )
 
     def _conv_forward(self, input, weight, bias):
@@ -235,7 +235,7 @@ class FeedbackLinearMixin(FeedbackLayer):
             return self._bio_base.forward(self, input)
         input, weight, bias = self._cast_for_autocast(input, self.weight, self.bias)
         return _FeedbackLinearFunction.apply(
-            input, weight, bias, self._feedback_for_backward(), self.learning_rule
+            input, weight, bias, self._feedback_for_backward(), self.learning_rule.bind(self)
         )
 
 
@@ -407,7 +407,14 @@ def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **o
     return module
 
 
-_LAYER_ATTRIBUTES = ("learning_rule", "bio_seed", "bio_name", "_feedback_restored")
+# (_error_source: what direct feedback alignment's layers read the error from, core/dfa.py.)
+_LAYER_ATTRIBUTES = (
+    "learning_rule",
+    "bio_seed",
+    "bio_name",
+    "_feedback_restored",
+    "_error_source",
+)
 
 
 def revert_layer(module: nn.Module) -> nn.Module:

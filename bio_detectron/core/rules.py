@@ -163,6 +163,9 @@ class LearningRule:
 
     name = ""
     feedback_kind: Optional[str] = None
+    # True: a layer's input gradient is not made from its output gradient; :meth:`bind` gives an
+    # object whose input_gradient(input, feedback) the autograd functions call (core/dfa.py).
+    error_feedback = False
 
     def init_feedback(
         self, weight: torch.Tensor, generator: torch.Generator
@@ -206,6 +209,17 @@ class LearningRule:
             (Tensor, float or 0-dim Tensor or None): M and s.
         """
         return self.feedback_weight(weight, feedback), None
+
+    def bind(self, layer):
+        """
+        What a converted layer hands its autograd function and makes its feedback tensor with:
+        the rule itself, unless the rule needs more than the layer's own tensors.
+        """
+        return self
+
+    def feedback_shape(self, weight: torch.Tensor) -> tuple:
+        """The shape of the feedback tensor :meth:`init_feedback` makes: W's."""
+        return tuple(weight.shape)
 
     def feedback_grad(self, grad_weight: torch.Tensor) -> torch.Tensor:
         """

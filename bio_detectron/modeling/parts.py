@@ -208,6 +208,9 @@ def convert_parts(
         nn.Module: ``model``.
     """
     part = _part_finder(model)
+    # Direct feedback alignment's error is the output gradient of the predictor layers (a
+    # classifier's last layer; RetinaNet's cls_score and bbox_pred), whatever their rule.
+    outputs = [name for name, _ in layers_of(model) if part(name) == "predictor"]
     try:
         return convert_layers(
             model,
@@ -215,6 +218,7 @@ def convert_parts(
             seed=seed,
             exclude=exclude,
             unsupported=unsupported,
+            outputs=outputs or None,
         )
     except ArgumentError as e:
         raise validate.core_error(e, keys or {}) from e
