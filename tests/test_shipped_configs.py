@@ -124,6 +124,7 @@ PART_DIGESTS = {
         "Shapes-Detection/retinanet_R_18_FPN_sign_symmetry_bm.yaml",
         "Shapes-Detection/retinanet_R_18_FPN_weight_mirror.yaml",
         "Textures-Detection/retinanet_R_18_FPN_backprop.yaml",
+        "Textures-Detection/retinanet_R_18_FPN_direct_feedback_alignment.yaml",
         "Textures-Detection/retinanet_R_18_FPN_feedback_alignment.yaml",
         "Textures-Detection/retinanet_R_18_FPN_kolen_pollack.yaml",
         "Textures-Detection/retinanet_R_18_FPN_sign_symmetry.yaml",

@@ -52,7 +52,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .functions import _FeedbackLinearFunction, _tracing
-from .layers import FeedbackLayer
+from .layers import FeedbackLayer, make_class
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -252,13 +252,7 @@ def attention_class(cls: type) -> type:
         reason = _class_unsupported_reason(cls)
         if reason is not None:
             raise TypeError(f"cannot convert {cls.__module__}.{cls.__qualname__}: {reason}")
-        name = f"Feedback{cls.__name__}"
-        while name in globals():
-            name += "_"
-        attrs = {"_bio_base": cls, "__module__": __name__, "__qualname__": name}
-        new_cls = type(name, (FeedbackAttentionMixin, cls), attrs)
-        globals()[name] = new_cls  # lets pickle find the class itself by name in this process
-        _CLASSES[cls] = new_cls
+        _CLASSES[cls] = make_class(cls, (FeedbackAttentionMixin, cls), {}, globals())
     return _CLASSES[cls]
 
 

@@ -379,7 +379,7 @@ def feedback_class(cls: type) -> type:
         reason = _class_unsupported_reason(cls)
         if reason is not None:
             raise TypeError(f"cannot convert {cls.__module__}.{cls.__qualname__}: {reason}")
-        attrs = {"_bio_base": cls}
+        attrs = {}
         if issubclass(cls, _ConvTransposeNd):
             attrs["forward"] = FeedbackConvMixin._transposed_forward
             bases = (FeedbackConvMixin, cls)
@@ -389,14 +389,21 @@ def feedback_class(cls: type) -> type:
             bases = (FeedbackConvMixin, cls)
         else:
             bases = (FeedbackLinearMixin, cls)
-        name = f"Feedback{cls.__name__}"
-        while name in globals():
-            name += "_"
-        attrs.update(__module__=__name__, __qualname__=name)
-        new_cls = type(name, bases, attrs)
-        globals()[name] = new_cls  # lets pickle find the class itself by name in this process
-        _CLASSES[cls] = new_cls
+        _CLASSES[cls] = make_class(cls, bases, attrs, globals())
     return _CLASSES[cls]
+
+
+def make_class(cls: type, bases: tuple, attrs: dict, namespace: dict) -> type:
+    """
+    The converted class of ``cls``: ``Feedback<cls name>`` with ``bases`` and ``attrs``, made in
+    ``namespace`` (a module's globals) so that pickle finds it by name in this process.
+    """
+    name = f"Feedback{cls.__name__}"
+    while name in namespace:
+        name += "_"
+    attrs = {**attrs, "_bio_base": cls, "__module__": namespace["__name__"], "__qualname__": name}
+    namespace[name] = type(name, bases, attrs)
+    return namespace[name]
 
 
 def convert_layer(module: nn.Module, rule, *, seed: int = 0, name: str = "", **options):
