@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -108,13 +109,65 @@ def test_compiled_rows_and_their_phases(tmp_path):
     assert set(variants) == {"native"} | set(compared_with)
     assert {name: variants[name]["compared_with"] for name in compared_with} == compared_with
     assert record["compile_backend"] == "aot_eager" and record["plain_compile"] is True
-    assert set(record["compiled_phases"]) == set(compared_with)
+    assert set(record["phases"]) == set(compared_with)
     for name in compared_with:
-        phases = record["compiled_phases"][name]
+        phases = record["phases"][name]
         # Both phases are measured and reported; how they compare depends on the CPU and its load
         # (on a Xeon with AMX the optimizer phase once took longer), so no relation is asserted.
         assert phases["optimizer_s"] > 0 and phases["forward+backward_s"] > 0, name
         assert f"| {name} " in result.stdout.split("by phase")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("vit_tiny", ["--compile", "--compile-backend", "aot_eager", "--no-plain-compile"]),
+        ("resnet18", []),
+    ],
+)
+def test_attention_and_direct_feedback_rows_with_their_phases(tmp_path, arch, options):
+    # The rows of the attention model and of direct feedback alignment, each training row timed by
+    # phase (--breakdown). Direct feedback alignment's conversion may refuse the attention layers:
+    # its row then says why, and the run goes on.
+    out = tmp_path / "bench.jsonl"
+    rules = ["sign_symmetry", "direct_feedback_alignment"]
+    cmd = [
+        sys.executable, SCRIPT, "--arch", arch, "--batch", "2", "--size", "32", "--rounds", "2",
+        "--steps", "1", "--rules", *rules, "--eval-rules", "--breakdown", "--json", str(out),
+        *options,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["arch"] == arch and record["breakdown"] is True
+    variants, refused = record["variants"], record["refused"]
+    # ResNet-18's layers all take the output error; only attention may be refused, by DFA alone.
+    allowed = {"direct_feedback_alignment"} if arch == "vit_tiny" else set()
+    assert set(refused) <= allowed, refused
+    compiled = " (compiled)" if "--compile" in options else None
+    expected = {"native", "native, second copy", "bare autograd.Function"}
+    if compiled:
+        expected |= {"native (compiled)", "bare autograd.Function (compiled)"}
+    for rule in rules:
+        if rule in refused:
+            assert "MultiheadAttention" in refused[rule]
+            assert not any(name.startswith(rule) for name in variants), rule
+            assert f"| {rule} " in result.stdout and f"| refused: {refused[rule][:40]}" in (
+                result.stdout
+            )
+        else:
+            expected |= {rule} | ({rule + compiled} if compiled else set())
+    assert set(variants) == expected
+    for name, v in variants.items():
+        assert math.isfinite(v["ratio_to_native"]) and v["median_step_s"] > 0, name
+        assert f"| {name} " in result.stdout
+    # Every training row by phase: forward, backward and optimizer step apart.
+    assert set(record["phases"]) == set(variants)
+    for name, phases in record["phases"].items():
+        assert set(phases) == {"forward_s", "backward_s", "optimizer_s"}, name
+        assert all(math.isfinite(t) and t > 0 for t in phases.values()), name
+        assert f"| {name} " in result.stdout.split("Training rows by phase")[1]
 
 
 if __name__ == "__main__":

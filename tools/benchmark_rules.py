@@ -40,10 +40,21 @@ Evaluation rows: the same model in eval mode under ``torch.no_grad()``, converte
 (--eval-rules, default sign_symmetry) against the unconverted model; converted layers then run the
 stock forward, so the goal is 1.00x within noise.
 
-Models (--arch): torchvision's ResNet-18 / ResNet-50 (1000 classes, random images and labels), or
-the RetinaNet R50-FPN of configs/COCO-Detection/retinanet_R_50_FPN_*_1x.yaml without weights, on a
-synthetic batch: --batch random square images of --size px, 10 random boxes of the 80 COCO
-classes each. "native" is the model before conversion; each rule converts a copy of it.
+Models (--arch): torchvision's ResNet-18 / ResNet-50 (1000 classes, random images and labels);
+"vit_tiny", torchvision's VisionTransformer (nn.MultiheadAttention in each layer) with patch 16
+(--size 128: 64 tokens), 4 layers, 3 heads, hidden 96, MLP 192, 1000 classes; or the RetinaNet
+R50-FPN of configs/COCO-Detection/retinanet_R_50_FPN_*_1x.yaml without weights, on a synthetic
+batch: --batch random square images of --size px, 10 random boxes of the 80 COCO classes each.
+"native" is the model before conversion; each rule converts a copy of it. direct_feedback_alignment
+takes its error at the model's output layers: a classifier's last linear layer, RetinaNet's
+cls_score and bbox_pred (the predictors the trainers choose). A rule whose conversion refuses the
+model (a layer it does not act on) gets the row "refused: <reason>" instead of times. The bare
+row leaves nn.MultiheadAttention's projections native (its forward reads their weights directly).
+
+Where the extra time goes (--breakdown): every training row is also timed by phase, forward,
+backward and optimizer step apart (on CUDA, with a synchronisation between forward and backward),
+each phase's median printed with its difference to the row the ratio is taken to. Without it, the
+compiled rows alone are timed by phase, forward and backward together.
 """
 
 import argparse
@@ -60,20 +71,31 @@ import torch
 import torchvision
 
 import bio_detectron as bd
+from bio_detectron.core.convert import ArgumentError
 from bio_detectron.core.mirror import MIRROR_DEFAULTS as MIRROR
 from bio_detectron.core.mirror import InputShapes, mirror_layers, mirror_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# --arch -> (its name in the header, its output layers: direct_feedback_alignment's error source)
 ARCHS = {
-    "resnet18": "ResNet-18",
-    "resnet50": "ResNet-50",
-    "retinanet_R_50_FPN": "RetinaNet R50-FPN",
+    "resnet18": ("ResNet-18", ["fc"]),
+    "resnet50": ("ResNet-50", ["fc"]),
+    "vit_tiny": ("ViT-tiny (patch 16, 4 layers, 3 heads, hidden 96)", ["heads.head"]),
+    "retinanet_R_50_FPN": ("RetinaNet R50-FPN", ["head.cls_score", "head.bbox_pred"]),
 }
 
 
 def classifier(arch, batch_size, size, device):
-    """A torchvision ResNet, a batch of random images and labels, and its loss."""
-    model = getattr(torchvision.models, arch)(num_classes=1000).to(device)
+    """A torchvision ResNet or the small VisionTransformer "vit_tiny" (images of ``size`` px, a
+    multiple of its patch, 16), a batch of random images and labels, and its loss."""
+    if arch == "vit_tiny":
+        model = torchvision.models.VisionTransformer(
+            image_size=size, patch_size=16, num_layers=4, num_heads=3, hidden_dim=96,
+            mlp_dim=192, num_classes=1000,
+        )  # fmt: skip
+    else:
+        model = getattr(torchvision.models, arch)(num_classes=1000)
+    model.to(device)
     batch = (
         torch.randn(batch_size, 3, size, size, device=device),
         torch.randint(0, 1000, (batch_size,), device=device),
@@ -207,11 +229,12 @@ def bare_function_model(model):
     return model
 
 
-def make_step(model, batch, loss_fn, device, amp_dtype=None, phases=None):
+def make_step(model, batch, loss_fn, device, amp_dtype=None, phases=None, split=False):
     """One training step; under autocast to ``amp_dtype`` unless None, with a gradient scaler
     for float16 (as detectron2's AMPTrainer). With ``phases`` (a dict), each step appends the
-    seconds of its forward and backward to ``phases["forward+backward"]`` and of its optimizer
-    step to ``phases["optimizer"]``."""
+    seconds of its forward and backward to ``phases["forward+backward"]`` (with ``split``: of its
+    forward to ``phases["forward"]`` and of its backward to ``phases["backward"]``, synchronising
+    CUDA between them) and of its optimizer step to ``phases["optimizer"]``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (
@@ -227,6 +250,9 @@ def make_step(model, batch, loss_fn, device, amp_dtype=None, phases=None):
         opt.zero_grad(set_to_none=True)
         with autocast:
             loss = loss_fn(model, batch)
+        if split:
+            sync()
+            forward_end = time.perf_counter()
         scaler.scale(loss).backward()
         sync()
         t1 = time.perf_counter()
@@ -234,7 +260,11 @@ def make_step(model, batch, loss_fn, device, amp_dtype=None, phases=None):
         scaler.update()
         sync()
         if phases is not None:
-            phases.setdefault("forward+backward", []).append(t1 - t0)
+            if split:
+                phases.setdefault("forward", []).append(forward_end - t0)
+                phases.setdefault("backward", []).append(t1 - forward_end)
+            else:
+                phases.setdefault("forward+backward", []).append(t1 - t0)
             phases.setdefault("optimizer", []).append(time.perf_counter() - t1)
 
     return step
@@ -342,6 +372,10 @@ def main():
         "--no-eager", dest="eager_rows", action="store_false",
         help="with --compile: leave out the eager training rows (native stays, as the yardstick)",
     )  # fmt: skip
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="time every training row's forward, backward and optimizer step apart",
+    )  # fmt: skip
     parser.add_argument("--json", help="append the results to this file as one JSON line")
     args = parser.parse_args()
     unknown = sorted(set(args.rules + args.eval_rules) - set(bd.available_rules()))
@@ -361,21 +395,42 @@ def main():
         base.to(memory_format=torch.channels_last)
         if isinstance(batch, tuple):
             batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
-    # name -> (step, the variant it is compared with)
-    variants = {"native": make_step(copy.deepcopy(base), batch, loss_fn, device, amp_dtype)}
-    reference = {"native": "native"}
+    title, outputs = ARCHS[args.arch]
+    refused = {}  # rule -> why its conversion refuses the model
+
+    def convert(rule):
+        """A copy of the model converted with ``rule``, or None where the conversion refuses it
+        (the reason goes to ``refused``, printed as the rule's row)."""
+        try:
+            return bd.convert_model(
+                copy.deepcopy(base), rule, outputs=outputs, **rule_options(rule, args.scale)
+            )
+        except ArgumentError as e:
+            refused[rule] = str(e)
+            return None
+
+    variants = {}  # name -> its step
+    reference = {}  # name -> the variant its ratio is taken to
+    phases = {}  # name -> its steps' phases (see make_step): compiled rows, all with --breakdown
+
+    def add_training(name, model, compared_with, by_phase=False):
+        if by_phase or args.breakdown:
+            phases[name] = {}
+        variants[name] = make_step(
+            model, batch, loss_fn, device, amp_dtype, phases.get(name), split=args.breakdown
+        )
+        reference[name] = compared_with
+
+    add_training("native", copy.deepcopy(base), "native")
     if not args.no_reference and args.eager_rows:
-        for name, model in (
-            ("native, second copy", copy.deepcopy(base)),
-            ("bare autograd.Function", bare_function_model(copy.deepcopy(base))),
-        ):
-            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype)
-            reference[name] = "native"
+        add_training("native, second copy", copy.deepcopy(base), "native")
+        add_training("bare autograd.Function", bare_function_model(copy.deepcopy(base)), "native")
     mirrors = {}
-    for rule in args.rules if args.eager_rows else ():
-        model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
-        variants[rule] = make_step(model, batch, loss_fn, device, amp_dtype)
-        reference[rule] = "native"
+    converted = {rule: convert(rule) for rule in args.rules if args.eager_rows}
+    for rule, model in converted.items():
+        if model is None:
+            continue
+        add_training(rule, model, "native")
         if mirror_layers(model):
             mirrors[f"{rule} mirror step"] = make_mirror(model, variants[rule], device)
             reference[f"{rule} mirror step"] = "native"
@@ -383,10 +438,10 @@ def main():
         variants["native (eval, no_grad)"] = make_eval_step(copy.deepcopy(base), batch, device)
         reference["native (eval, no_grad)"] = "native (eval, no_grad)"
     for rule in args.eval_rules:
-        model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
-        variants[f"{rule} (eval, no_grad)"] = make_eval_step(model, batch, device)
-        reference[f"{rule} (eval, no_grad)"] = "native (eval, no_grad)"
-    phases = {}  # compiled variant -> its steps' phases (see make_step)
+        model = convert(rule)
+        if model is not None:
+            variants[f"{rule} (eval, no_grad)"] = make_eval_step(model, batch, device)
+            reference[f"{rule} (eval, no_grad)"] = "native (eval, no_grad)"
     if args.compile:
         # Every compiled variant is another instance of the same model class, whose forward dynamo
         # compiles once per instance: raise its per-function limit, past which it would silently
@@ -398,30 +453,27 @@ def main():
         if not args.no_reference:
             compiled["bare autograd.Function (compiled)"] = bare_function_model(copy.deepcopy(base))
         for rule in args.rules:
-            model = bd.convert_model(copy.deepcopy(base), rule, **rule_options(rule, args.scale))
-            compiled[f"{rule} (compiled)"] = model
-        plain = {}  # name -> a model to pass through torch.compile(model) alone
-        if args.plain_compile:
-            plain["native (torch.compile)"] = copy.deepcopy(base)
-            reference["native (torch.compile)"] = "native (compiled)"
-            for rule in args.rules:
-                model = bd.convert_model(
-                    copy.deepcopy(base), rule, **rule_options(rule, args.scale)
-                )
-                plain[f"{rule} (torch.compile)"] = model
-                reference[f"{rule} (torch.compile)"] = "native (torch.compile)"
+            model = convert(rule)
+            if model is not None:
+                compiled[f"{rule} (compiled)"] = model
         kwargs = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
-        for name, model in plain.items():
-            model = torch.compile(model, backend=args.compile_backend, **kwargs)
-            phases[name] = {}
-            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype, phases[name])
+        if args.plain_compile:  # each model passed through torch.compile(model) alone
+            plain = {"native (torch.compile)": copy.deepcopy(base)}
+            for rule in args.rules:
+                model = convert(rule)
+                if model is not None:
+                    plain[f"{rule} (torch.compile)"] = model
+            for name, model in plain.items():
+                model = torch.compile(model, backend=args.compile_backend, **kwargs)
+                # the stock model's ratio is to compile_model's, each rule's to the stock model's
+                native = name == "native (torch.compile)"
+                yardstick = "native (compiled)" if native else "native (torch.compile)"
+                add_training(name, model, yardstick, by_phase=True)
         for name, model in compiled.items():
             bd.compile_model(
                 model, mode=args.compile_mode, backend=args.compile_backend, device=device
             )
-            phases[name] = {}
-            variants[name] = make_step(model, batch, loss_fn, device, amp_dtype, phases[name])
-            reference[name] = "native (compiled)"
+            add_training(name, model, "native (compiled)", by_phase=True)
     variants.update(mirrors)
     for step in variants.values():  # warm-up: allocator, kernels, momentum buffers; compiling
         step()
@@ -456,22 +508,23 @@ def main():
     gpu = f"{device_name}, " if device.type == "cuda" else ""
     malloc = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
     print(
-        f"{ARCHS[args.arch]} training step, batch {args.batch} x {args.size}px{settings}, "
+        f"{title} training step, batch {args.batch} x {args.size}px{settings}, "
         f"{args.rounds} interleaved rounds on {device} ({gpu}{torch.get_num_threads()} threads), "
         f"torch {torch.__version__}"
         + (f", {' '.join(f'{k}={v}' for k, v in malloc.items())}" if malloc else "")
     )
-    print(
-        f"| {'variant':<32} | {'median step (s)':>15} | {'ratio to native':>15} | "
-        f"{'95% interval':>15} |"
-    )
-    # (eval rows: the ratio to "native (eval, no_grad)")
-    print(f"|{'-' * 34}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
     for name in mirrors:  # training step + its share of a mirror step, per round
         rule = name[: -len(" mirror step")]
         combined = f"{rule} (+ mirror / {args.mirror_period})"
         times[combined] = [t + m / args.mirror_period for t, m in zip(times[rule], times[name])]
         reference[combined] = "native"
+    w = max(len(name) for name in ["variant", *times, *refused])  # the first column's width
+    print(
+        f"| {'variant':<{w}} | {'median step (s)':>15} | {'ratio to native':>15} | "
+        f"{'95% interval':>15} |"
+    )
+    # (eval rows: the ratio to "native (eval, no_grad)")
+    print(f"|{'-' * (w + 2)}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
     results = {}
     for name, ts in times.items():
         ratios = [t / n for t, n in zip(ts, times[reference[name]])]
@@ -483,26 +536,35 @@ def main():
             "compared_with": reference[name],
         }
         print(
-            f"| {name:<32} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x | "
+            f"| {name:<{w}} | {statistics.median(ts):>15.3f} | {ratio:>14.3f}x | "
             f"{f'{low:.3f}-{high:.3f}':>15} |"
         )
+    for rule, reason in refused.items():
+        print(f"| {rule:<{w}} | refused: {reason} |")
     breakdown = {}
     if phases:
-        # Where a compiled rule's extra time goes: its forward and backward (the rule's B made in
-        # the graph, its backward) and its optimizer step (Kolen-Pollack: B's update too).
+        # Where a rule's extra time goes: its forward (direct feedback alignment: recording the
+        # outputs), its backward (the rule's B, made in the graph when compiled; the error sent to
+        # every layer) and its optimizer step (Kolen-Pollack: B's update too).
+        kinds = ("forward", "backward") if args.breakdown else ("forward+backward",)
+        rows = "Training" if args.breakdown else "Compiled"
         print(
-            "\nCompiled rows by phase, median ms per step (+ ms over the row it is compared with):"
+            f"\n{rows} rows by phase, median ms per step (+ ms over the row it is compared with):"
         )
-        print(f"| {'variant':<32} | {'forward+backward':>22} | {'optimizer step':>22} |")
-        print(f"|{'-' * 34}|{'-' * 24}|{'-' * 24}|")
+        print(
+            f"| {'variant':<{w}} | "
+            + " | ".join(f"{k:>22}" for k in kinds + ("optimizer step",))
+            + " |"
+        )
+        print(f"|{'-' * (w + 2)}|" + "|".join("-" * 24 for _ in kinds + ("optimizer",)) + "|")
         for name, p in phases.items():
             cells, breakdown[name] = [], {}
-            for phase in ("forward+backward", "optimizer"):
+            for phase in kinds + ("optimizer",):
                 median = statistics.median(p[phase])
                 extra = median - statistics.median(phases[reference[name]][phase])
                 breakdown[name][phase + "_s"] = median
                 cells.append(f"{median * 1e3:9.1f} ({extra * 1e3:+7.1f})")
-            print(f"| {name:<32} | {cells[0]:>22} | {cells[1]:>22} |")
+            print(f"| {name:<{w}} | " + " | ".join(f"{c:>22}" for c in cells) + " |")
     if args.json:
         record = {
             "benchmark": "rules",
@@ -521,8 +583,10 @@ def main():
             "device": device_name,
             "torch": torch.__version__,
             "malloc_env": malloc,
+            "breakdown": args.breakdown,
             "variants": results,
-            "compiled_phases": breakdown,
+            "refused": refused,
+            "phases": breakdown,
         }
         with open(args.json, "a") as f:
             f.write(json.dumps(record) + "\n")
