@@ -35,8 +35,10 @@ demo: install
 	$(PY) tools/demo.py --rules $(RULES)
 
 benchmark: install
-	$(PY) tools/benchmark_rules.py --batch 16 --size 128 --rounds 41 --steps 1 --compile --scale mean_abs
-	$(PY) tools/benchmark_rules.py --batch 4 --size 64 --rounds 41 --steps 3 --compile --scale mean_abs
+	$(PY) tools/benchmark_rules.py --batch 16 --size 128 --rounds 41 --steps 1 --compile --scale mean_abs --breakdown
+	$(PY) tools/benchmark_rules.py --batch 4 --size 64 --rounds 41 --steps 3 --compile --scale mean_abs --breakdown
+	$(PY) tools/benchmark_rules.py --arch vit_tiny --batch 16 --size 128 --rounds 41 --steps 1 --compile --scale mean_abs --breakdown
+	$(PY) tools/benchmark_rules.py --arch vit_tiny --batch 4 --size 64 --rounds 41 --steps 3 --compile --scale mean_abs --breakdown
 	OMP_NUM_THREADS=1 $(PY) tools/benchmark_imagenet.py --rounds 15 --iters 5 \
 		MODEL.DEVICE cpu INPUT.CLASSIFICATION.SIZE 64 SOLVER.IMS_PER_BATCH 16 DATALOADER.NUM_WORKERS 1
 
