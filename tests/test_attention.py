@@ -551,14 +551,18 @@ def test_weight_mirror_mirrors_the_projections():
     assert abs(before) < 0.3 and after > 0.9
 
 
-@pytest.mark.parametrize("rule", ["sign_symmetry", "kolen_pollack"])
+@pytest.mark.parametrize("rule", ["sign_symmetry", "kolen_pollack", "direct_feedback_alignment"])
 def test_compiles_without_graph_breaks_and_equals_eager(rule):
     torch.manual_seed(0)
     model = bd.convert_model(DetrLike(), rule)
     x = torch.randn(2, 3, 16, 16)
-    explained = torch._dynamo.explain(model)(x)
-    assert explained.graph_break_count == 0, explained.break_reasons
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    # Direct feedback alignment hands the error to its layers through Python state: they run
+    # eagerly, between graphs (docs/rules.md), with the same gradients.
+    whole = not bd.build_rule(rule).error_feedback
+    if whole:
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=whole)
     out = compiled(x)
     grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
     want_out = model(x)
