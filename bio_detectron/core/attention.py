@@ -40,7 +40,10 @@ both checked by ``tests/test_attention.py``:
   weight's shape; an unexpected call is an error.
 
 When a call uses some rows of ``in_proj_weight``, B is the rule's B of those rows (for
-sign-symmetry with the ``mean_abs`` scale: the mean over those rows).
+sign-symmetry with the ``mean_abs`` scale: the mean over those rows). Direct feedback alignment's
+B is (C_in, C_e), not shaped like W: each call's input gets B ē with the whole B, and the
+projections on that rule are called on the batch-first view of their sequence-first input (its
+error has the batch first; ``out_proj``'s rows l·N + n viewed as (L, N, E) first).
 """
 
 import types
