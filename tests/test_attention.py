@@ -437,12 +437,16 @@ def test_direct_feedback_alignment_feedback_of_attention_is_restored_from_a_stat
     for name in ("encoder.layers.0.self_attn.in_proj", "cross_attn.in_proj", "cross_attn.out_proj"):
         assert torch.equal(b.get_submodule(name).feedback, a.get_submodule(name).feedback), name
         assert b.get_submodule(name)._feedback_restored
-    assert not torch.equal(
-        bd.convert_model(
-            DetrLike(), "direct_feedback_alignment", seed=4
-        ).self_attn.in_proj.feedback,
-        a.self_attn.in_proj.feedback,
-    )
+    fresh = bd.convert_model(DetrLike(), "direct_feedback_alignment", seed=4)
+    assert not torch.equal(fresh.self_attn.in_proj.feedback, a.self_attn.in_proj.feedback)
+    # A deep copy's projections read the copy's error source, through their attention module.
+    c = copy.deepcopy(a)
+    assert c.self_attn._error_source is c._error_source is not a._error_source
+    x = torch.randn(2, 3, 16, 16)
+    for model in (a, c):
+        model(x).square().sum().backward()
+    for p, q in zip(a.parameters(), c.parameters()):
+        assert torch.equal(p.grad, q.grad)
 
 
 def test_out_proj_without_its_attention_module_is_refused():
