@@ -216,6 +216,56 @@ def test_tokens_and_1d_maps_get_the_error_at_every_position():
     )
 
 
+def test_a_linear_output_layers_error_over_queries_stays_at_each_query():
+    """A linear output layer on queries (N, Q, C_o), as DETR's heads: a linear layer on the same
+    Q queries gets its B e at each query; one on other positions, and a convolution at every
+    location, get the mean over the queries."""
+
+    class Queries(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.memory = nn.Linear(4, 4)  # on the 16 locations of the map
+            self.queries = nn.Parameter(torch.randn(5, 4))
+            self.mix = nn.Linear(4, 4)  # on the 5 queries
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, x):  # (N, 3, 4, 4)
+            memory = self.memory(self.conv(x).flatten(2).transpose(1, 2))  # (N, 16, 4)
+            return self.out(self.mix(self.queries + memory.mean(1, keepdim=True)))  # (N, 5, 3)
+
+    torch.manual_seed(0)
+    net = bd.convert_model(Queries().double(), RULE, outputs=["out"])
+    x = torch.randn(2, 3, 4, 4, dtype=torch.double, requires_grad=True)
+    e = torch.randn(2, 5, 3, dtype=torch.double)
+    (net(x) * e).sum().backward()
+
+    def sent(layer):  # B e at each query, (N, 5, C_in)
+        return e @ layer.feedback.T
+
+    assert net.mix.feedback.shape == (4, 3)
+    tokens = net.queries + net.memory(net.conv(x).flatten(2).transpose(1, 2)).mean(1, True)
+    tokens = tokens.detach()
+    torch.testing.assert_close(net.queries.grad, sent(net.mix).sum(0))
+    g_mix = sent(net.out).flatten(0, 1)  # what the output layer sends down, per query
+    torch.testing.assert_close(net.mix.weight.grad, g_mix.T @ tokens.flatten(0, 1))
+    # memory's output reaches the queries through their mean: exact, 1/16 per location.
+    g_memory = (sent(net.mix).sum(1, keepdim=True) / 16).expand(2, 16, 4)
+    memory_in = net.conv(x).flatten(2).transpose(1, 2).detach()
+    torch.testing.assert_close(
+        net.memory.weight.grad, g_memory.flatten(0, 1).T @ memory_in.flatten(0, 1)
+    )
+    # memory's input: 16 locations, not the queries: the mean over the queries at each.
+    g_conv = sent(net.memory).mean(1, keepdim=True).expand(2, 16, 4)
+    g_conv = g_conv.transpose(1, 2).reshape(2, 4, 4, 4)
+    torch.testing.assert_close(
+        net.conv.weight.grad, conv2d_weight(x.detach(), net.conv.weight.shape, g_conv, 1, 1)
+    )
+    # A convolution's input: the mean over the queries, at every location.
+    want = sent(net.conv).mean(1)[:, :, None, None].expand(2, 3, 4, 4)
+    torch.testing.assert_close(x.grad, want)
+
+
 def test_outputs_must_be_returned_by_their_common_module():
     class Reshaping(nn.Module):
         def __init__(self):

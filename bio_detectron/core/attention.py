@@ -40,7 +40,10 @@ both checked by ``tests/test_attention.py``:
   weight's shape; an unexpected call is an error.
 
 When a call uses some rows of ``in_proj_weight``, B is the rule's B of those rows (for
-sign-symmetry with the ``mean_abs`` scale: the mean over those rows).
+sign-symmetry with the ``mean_abs`` scale: the mean over those rows). Direct feedback alignment's
+B is (C_in, C_e), not shaped like W: each call's input gets B ē with the whole B, and the
+projections on that rule are called on the batch-first view of their sequence-first input (its
+error has the batch first; ``out_proj``'s rows l·N + n viewed as (L, N, E) first).
 """
 
 import types
@@ -105,10 +108,11 @@ class AttentionProjection(FeedbackLayer, nn.Module):
         if not self._uses_rule(input):
             return F.linear(input, weight, bias)
         input, weight, bias = self._cast_for_autocast(input, weight, bias)
-        feedback = self._feedback_for_backward()
-        if feedback is not None and rows is not None:
+        feedback, rule = self._feedback_for_backward(), self.learning_rule.bind(self)
+        if feedback is not None and rows is not None and not rule.error_feedback:
+            # (Direct feedback alignment's B is (C_in, C_e), not shaped like W: used whole.)
             feedback = feedback[rows]
-        return _FeedbackLinearFunction.apply(input, weight, bias, feedback, self.learning_rule)
+        return _FeedbackLinearFunction.apply(input, weight, bias, feedback, rule)
 
     def _loads_weight(self, state_dict, prefix: str) -> bool:
         # The weight is the attention module's, loaded just before (a module's children load
@@ -151,6 +155,7 @@ class _ProjectionCalls(TorchFunctionMode):
         self.attention = attention
         self.embed_dim = attention.embed_dim
         self.done = 0  # rows of in_proj_weight projected so far, or separate projections called
+        self.batch = 0  # N, read from the query at the first call
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -163,21 +168,27 @@ class _ProjectionCalls(TorchFunctionMode):
         input, weight = args[0], args[1]
         bias = args[2] if len(args) > 2 else kwargs.get("bias")
         attention, e = self.attention, self.embed_dim
+        if self.done == 0:
+            self.batch = input.shape[1]  # the query, (L, N, E)
         if attention._qkv_same_embed_dim and self.done < 3 * e:
             start, stop = self.done, self.done + weight.shape[0]
             self._check(weight, stop <= 3 * e and weight.shape[0] % e == 0, "in_proj_weight rows")
             self.done = stop
             rows = None if (start, stop) == (0, 3 * e) else slice(start, stop)
-            return attention._modules["in_proj"](input, weight, bias, rows)
+            return _batch_first(attention._modules["in_proj"], input, weight, bias, rows)
         if not attention._qkv_same_embed_dim and self.done < 3:
             name = ("q_proj", "k_proj", "v_proj")[self.done]
             self._check(weight, weight.shape == getattr(attention, f"{name}_weight").shape, name)
             self.done += 1
-            return attention._modules[name](input, weight, bias)
+            return _batch_first(attention._modules[name], input, weight, bias)
         out_proj = attention.out_proj
         self._check(weight, weight.shape == out_proj.weight.shape, "out_proj.weight")
         self.done = -1  # nothing after out_proj
-        return out_proj(input)
+        if not _sends_error(out_proj):
+            return out_proj(input)
+        # Rows l*N + n of the attention output: (L, N, E) as a view, then batch first.
+        tokens = input.view(-1, self.batch, input.shape[-1])
+        return _batch_first(out_proj, tokens).reshape(input.shape[0], -1)
 
     def _check(self, weight, fits: bool, expected: str):
         if not fits or self.done < 0:
@@ -187,6 +198,22 @@ class _ProjectionCalls(TorchFunctionMode):
                 "out_proj): this version of torch computes attention in an order the conversion "
                 "does not know"
             )
+
+
+def _sends_error(module: nn.Module) -> bool:
+    """Whether ``module`` learns with a rule that sends the model's output error to its input
+    (direct feedback alignment), which reads the batch at dim 0 of the input."""
+    rule = module.__dict__.get("learning_rule")
+    return rule is not None and rule.error_feedback
+
+
+def _batch_first(module: nn.Module, input: torch.Tensor, *args) -> torch.Tensor:
+    """``module(input, *args)`` on a sequence-first (L, N, C) ``input``: called on its batch-first
+    view where the module's rule sends the output error (the output transposed back, contiguous
+    as the stock function's later ``view`` needs), as it is otherwise."""
+    if not _sends_error(module):
+        return module(input, *args)
+    return module(input.transpose(0, 1), *args).transpose(0, 1).contiguous()
 
 
 class FeedbackAttentionMixin:
@@ -284,5 +311,6 @@ def revert_attention(attention: nn.Module) -> nn.Module:
     if isinstance(attention, FeedbackAttentionMixin):
         for projection in ("in_proj", "q_proj", "k_proj", "v_proj"):
             attention._modules.pop(projection, None)
+        attention.__dict__.pop("_error_source", None)  # (direct feedback alignment's, dfa.py)
         attention.__class__ = attention._bio_base
     return attention

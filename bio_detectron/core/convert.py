@@ -212,11 +212,6 @@ def convert_layers(
         if rule is not None:
             chosen.append((name, m, build_rule(rule)))
     problems = find_unsupported(model, [n for n, _, _ in chosen])
-    for name, m, rule in chosen:
-        if rule.error_feedback and isinstance(m, ATTENTION_TYPES):
-            # The output error is sent to a layer's input (core/dfa.py); attention's projections
-            # are called inside its forward, on rows of one weight, which that does not cover.
-            problems[name] = f"{rule.name} does not act on {type(m).__name__}: choose another rule"
     if problems:
         listing = "; ".join(f"{n}: {r}" for n, r in problems.items())
         if unsupported == "error":
@@ -242,7 +237,10 @@ def convert_layers(
             convert_attention(m, rule, seed=seed, name=name)
         else:
             convert_layer(m, rule, seed=seed, name=name)
-    if not any(isinstance(m, FeedbackLayer) and m.learning_rule.error_feedback for _, m in layers):
+    # (model.modules(): attention projections are layers that layers_of does not list.)
+    if not any(
+        isinstance(m, FeedbackLayer) and m.learning_rule.error_feedback for m in model.modules()
+    ):
         remove_error_source(model)  # converted to other rules: no error to capture any more
     return model
 

@@ -52,9 +52,11 @@ def _channels(module: nn.Module) -> int:
 
 
 def _in_channels(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    return module.in_channels
+    """Input channels (features) of a convolution, or of a linear map with a (out, in) weight
+    (nn.Linear, an attention module's input projection)."""
+    if isinstance(module, _ConvNd):
+        return module.in_channels
+    return module.weight.shape[1]
 
 
 class _Record:
@@ -112,6 +114,8 @@ class ErrorSource:
             self.spans.append((start, start + c))
             start += c
         self.num_errors = start
+        # A linear layer's output has its channels last, after any positions (tokens, queries).
+        self.channels_last = [isinstance(modules[n], nn.Linear) for n in self.outputs]
         self.collector = _common_prefix(self.outputs)
         self.current = _Record()
         self._pending: List = []
@@ -196,7 +200,7 @@ class DirectFeedback:
     def __init__(self, rule, source: ErrorSource, layer: nn.Module):
         self.rule, self.source, self.record = rule, source, source.current
         self.in_channels = _in_channels(layer)
-        self.conv = not isinstance(layer, nn.Linear)
+        self.conv = isinstance(layer, _ConvNd)
         self.name = getattr(layer, "bio_name", "") or type(layer).__name__
 
     def feedback_shape(self, weight) -> tuple:
@@ -208,15 +212,15 @@ class DirectFeedback:
     def input_gradient(self, input: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            input: the layer's input, (N, C_in, *spatial) for a convolution, (..., C_in) for a
-                linear layer.
+            input: the layer's input, (N, C_in, *spatial) for a convolution, (N, ..., C_in) for
+                a linear layer.
             feedback: B_l, (C_in, C_e).
 
         Returns:
-            Tensor: B_l·ē shaped like ``input``: each output's error e_o, (N, C_o, *spatial_o) or
-            (N, C_o), projected by its columns of B_l, brought to the input's resolution by
-            adaptive average pooling (downsampling) or replication (upsampling, or a vector
-            error over every location), and summed over the outputs and their calls.
+            Tensor: B_l·ē shaped like ``input``: each output's error e_o, (N, C_o, *spatial_o),
+            (N, C_o) or, from a linear output layer, (N, *positions, C_o), projected by its
+            columns of B_l, brought to the input's resolution (see :func:`_to_map` and
+            :func:`_to_features`), and summed over the outputs and their calls.
         """
         errors = self.record.errors
         if errors is None:
@@ -236,6 +240,10 @@ class DirectFeedback:
                     f"input {input.shape[0]} (shape {tuple(input.shape)}); both must have the "
                     "batch first"
                 )
+            if self.source.channels_last[index] and error.dim() > 2:
+                error = error.movedim(-1, 1)  # (N, C_o, *positions)
+                if self.conv:  # tokens or queries have no place in a convolution's map
+                    error = error.flatten(2).mean(2)
             size = input.shape[2:]
             if self.conv and error.dim() - 2 == len(size) and error[0, 0].numel() > size.numel():
                 # Pooling and the 1x1 map commute: pool first, project fewer locations.
@@ -268,13 +276,17 @@ def _to_map(projected: torch.Tensor, size) -> torch.Tensor:
 
 
 def _to_features(projected: torch.Tensor, input: torch.Tensor, name: str) -> torch.Tensor:
-    """(N, C, *s) or (N, C) -> the shape of a linear layer's input (N, ..., C)."""
-    if projected.dim() > 2:
-        projected = projected.flatten(2).mean(2)  # a map's error, averaged over its locations
-    n, c = projected.shape
+    """(N, C, *s) or (N, C) -> the shape of a linear layer's input (N, ..., C): per position
+    where the input has the error's positions s (tokens, queries: locality), else the mean over
+    them (or the vector) at every position."""
+    n, c = projected.shape[:2]
     middle = input.shape[1:-1]
     if input.shape[-1] != c:
         raise RuntimeError(f"layer {name!r}: input {tuple(input.shape)} is not (..., {c})")
+    if projected.dim() > 2 and tuple(projected.shape[2:]) == tuple(middle):
+        return projected.movedim(1, -1).contiguous()
+    if projected.dim() > 2:
+        projected = projected.flatten(2).mean(2)  # other positions: averaged over them
     shape = (n,) + (1,) * len(middle) + (c,)
     return projected.reshape(shape).expand(input.shape).contiguous()
 
@@ -309,6 +321,11 @@ def remove_error_source(model: nn.Module):
 def _bind(rule, layer: nn.Module) -> DirectFeedback:
     """``rule.bind(layer)`` of an error-feedback rule: the layer's :class:`DirectFeedback`."""
     source = layer.__dict__.get(SOURCE_ATTRIBUTE)
+    owner = layer.__dict__.get("_bio_owner")
+    if source is None and owner is not None:
+        # An attention module's input projection, made after the source was installed on the
+        # attention module that owns it.
+        source = owner.__dict__.get(SOURCE_ATTRIBUTE)
     if source is None:
         raise RuntimeError(
             f"{type(layer).__name__} {getattr(layer, 'bio_name', '')!r} learns with {rule.name}, "
