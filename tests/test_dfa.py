@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn.grad import conv2d_weight
 
 import bio_detectron as bd
+from bio_detectron.core.compile import compile_model
 from bio_detectron.core.rules import layer_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,6 +313,19 @@ def test_under_torch_compile_the_rule_runs_eagerly_with_the_same_gradients():
     ref(x).square().sum().backward()  # (a deep copy records its errors in its own source)
     for p, q in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_compile_model_names_the_layers_that_run_eagerly():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    bd.convert_model(net, RULE, include=[r"^0$"])
+    bd.convert_model(net, "sign_symmetry", include=[r"^2$"])
+    with pytest.warns(UserWarning, match=r"1 converted layer\(s\) .* eagerly .*: 0\."):
+        compile_model(net, backend="aot_eager")
+    other = bd.convert_model(nn.Sequential(nn.Linear(4, 3)), "sign_symmetry")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_model(other, backend="aot_eager")
 
 
 def test_an_output_changed_in_place_afterwards():

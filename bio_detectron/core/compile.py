@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -146,6 +147,27 @@ def inductor_defaults(device, backend: str = "inductor", mode: str = "default") 
     return {**list_mode_options(mode), "layout_optimization": False}
 
 
+def _warn_eager_layers(targets) -> None:
+    """Warn, by name, about the converted layers inside ``targets`` that run eagerly between
+    compiled graphs: those whose rule sends the output error to the layer (direct feedback
+    alignment reads it through Python state, where Dynamo breaks the graph)."""
+    eager = [
+        f"{path + '.' if path else ''}{name}"
+        for path, target in targets
+        for name, m in target.named_modules()
+        if is_converted(m) and getattr(m.learning_rule, "error_feedback", False)
+    ]
+    if eager:
+        shown = ", ".join(eager[:5]) + (f" and {len(eager) - 5} more" if len(eager) > 5 else "")
+        warnings.warn(
+            f"{len(eager)} converted layer(s) learn with an output-error rule (direct feedback "
+            f"alignment) and run eagerly between compiled graphs (a graph break at each): "
+            f"{shown}. Their gradients are the same as eager; only the other layers are compiled "
+            "(docs/rules.md, \"Direct feedback alignment\").",
+            stacklevel=3,
+        )
+
+
 def compile_model(
     model: nn.Module,
     modules: Optional[Sequence[str]] = None,
@@ -199,6 +221,7 @@ def compile_model(
         # Outside the graph (a hook of the compiled module itself): see uncalled_compiled().
         module.register_forward_pre_hook(_count_call)
     converted = sum(is_converted(m) for _, t in targets for m in t.modules())
+    _warn_eager_layers(targets)
     settings = f"backend {backend}, mode {mode}"
     if "options" in kwargs:
         settings += f", Inductor options {kwargs['options']}"
