@@ -163,7 +163,7 @@ def _warn_eager_layers(targets) -> None:
             f"{len(eager)} converted layer(s) learn with an output-error rule (direct feedback "
             f"alignment) and run eagerly between compiled graphs (a graph break at each): "
             f"{shown}. Their gradients are the same as eager; only the other layers are compiled "
-            "(docs/rules.md, \"Direct feedback alignment\").",
+            '(docs/rules.md, "Direct feedback alignment").',
             stacklevel=3,
         )
 
