@@ -196,6 +196,10 @@ def check_gradients(rules, seed: int, our_scale, size: int = 32, batch: int = 4)
 def load_split(folder: str, split: str):
     """The images of one split as (uint8 tensor (N, 3, H, W), labels (N,))."""
     dataset = torchvision.datasets.ImageFolder(os.path.join(folder, split))
+    if len(dataset.classes) != NUM_CLASSES:
+        raise ValueError(
+            f"{folder}/{split} has {len(dataset.classes)} classes; the networks have {NUM_CLASSES}"
+        )
     images, labels = [], []
     for path, label in dataset.samples:
         images.append(torchvision.io.decode_image(path, mode=torchvision.io.ImageReadMode.RGB))
@@ -225,10 +229,11 @@ class Variant:
     @torch.no_grad()
     def top1(self, images, labels, batch_size):
         self.model.eval()
+        device = next(self.model.parameters()).device
         correct = 0
         for i in range(0, len(labels), batch_size):
-            logits = self.model(images[i : i + batch_size])
-            correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
+            logits = self.model(images[i : i + batch_size].to(device))
+            correct += (logits.argmax(1).cpu() == labels[i : i + batch_size]).sum().item()
         return 100.0 * correct / len(labels)
 
 
@@ -302,7 +307,7 @@ def _top1(values):
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def markdown(rows, seeds):
+def markdown(rows, seeds, num_val):
     lines = [
         "| rule | ours top-1 | biotorch top-1 | ours step (ms) | biotorch step (ms) "
         "| step time ours / biotorch (95 % interval) |",
@@ -316,9 +321,9 @@ def markdown(rows, seeds):
             f"| {row['step_ms']['biotorch']:.1f} "
             f"| {row['ratio_median']:.3f}× ({low:.3f}–{high:.3f}) |"
         )
-    lines.append("")
-    lines.append(f"top-1 in %, mean ± sd over seeds {list(seeds)}" if len(seeds) > 1 else "")
-    return "\n".join(lines).rstrip()
+    spread = "mean ± sd over seeds" if len(seeds) > 1 else "seed"
+    lines.append(f"\ntop-1: % of the {num_val} validation images, {spread} {list(seeds)}")
+    return "\n".join(lines)
 
 
 def main():
@@ -344,6 +349,11 @@ def main():
     parser.add_argument("--json", help="append the results to this file as one JSON line")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.batch > NUM_CLASSES * args.train_per_class:
+        parser.error(
+            f"--batch {args.batch} is larger than the {NUM_CLASSES * args.train_per_class} "
+            "training images (--train-per-class for each of the 10 classes)"
+        )
 
     check = check_gradients(args.rules, args.seeds[0], args.our_scale)
     for rule, bad in check.items():
@@ -369,8 +379,6 @@ def main():
     mean = train_x.float().mean((0, 2, 3), keepdim=True)
     std = train_x.float().std((0, 2, 3), keepdim=True)
     data = tuple(((x.float() - mean) / std, y) for x, y in ((train_x, train_y), (val_x, val_y)))
-    if len(train_y) < args.batch:
-        parser.error(f"--batch {args.batch} is larger than the {len(train_y)} training images")
 
     cpu = platform.processor() or platform.machine()
     print(
@@ -381,7 +389,7 @@ def main():
     )
     runs = [train_seed(args, seed, data, device) for seed in args.seeds]
     rows = summarise(runs, args.rules)
-    print(markdown(rows, args.seeds))
+    print(markdown(rows, args.seeds, len(val_y)))
     if args.json:
         record = {"args": vars(args), "gradient_check": check, "rules": rows}
         with open(args.json, "a") as f:
