@@ -29,3 +29,7 @@ bash tools/install_detectron2.sh "$PY"
 # test extra and without its dependencies: its metadata pins numpy<2, which its code does not
 # need, and pip would downgrade this environment's NumPy for it.
 "$PY" -m pip install --quiet --no-deps 'panopticapi-lite==0.2.0'
+# biotorch, the peer implementation tools/compare_biotorch.py trains beside ours (and
+# tests/test_compare_biotorch.py checks gradients against): not a dependency of the package, and
+# without its own dependencies, whose pins (an older torch) this environment does not follow.
+"$PY" -m pip install --quiet --no-deps 'biotorch==0.0.16'
