@@ -133,6 +133,23 @@ PART_DIGESTS = {
         "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.py",
         "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
     ],
+    # The ViTDet-style RetinaNet (configs/common/bio_vitdet.py), measured when it was added.
+    "acb81e6dc0af41c6": [
+        "Photos-Detection/retinanet_ViT_tiny_SFP_backprop.py",
+        "Photos-Detection/retinanet_ViT_tiny_SFP_direct_feedback_alignment.py",
+        "Photos-Detection/retinanet_ViT_tiny_SFP_feedback_alignment.py",
+        "Photos-Detection/retinanet_ViT_tiny_SFP_kolen_pollack.py",
+        "Photos-Detection/retinanet_ViT_tiny_SFP_sign_symmetry.py",
+        "Photos-Detection/retinanet_ViT_tiny_SFP_sign_symmetry_bm.py",
+        "Photos-Detection/retinanet_ViT_tiny_SFP_weight_mirror.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_backprop.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_direct_feedback_alignment.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_feedback_alignment.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_kolen_pollack.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_sign_symmetry.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_sign_symmetry_bm.py",
+        "Shapes-Detection/retinanet_ViT_tiny_SFP_weight_mirror.py",
+    ],
 }
 # config -> layer -> (sum of B, sum of |B|, B's first three values), torch.manual_seed(0) before
 # the build; measured on the code that converted pieces while building them.
@@ -191,6 +208,25 @@ FEEDBACK = {
             (0.10200245, 0.06440306, 0.31067687),
         ),
     },
+    # The ViT's projections and the pyramid's transposed convolution.
+    "Shapes-Detection/retinanet_ViT_tiny_SFP_feedback_alignment.py": {
+        "backbone.net.patch_embed.proj": (
+            0.623166,
+            2118.613229,
+            (-0.03645528, -0.0123814, 0.00437629),
+        ),
+        "backbone.net.blocks.0.attn.qkv": (
+            -1.03653,
+            1410.037545,
+            (-0.02053254, -0.002597, -0.01877208),
+        ),
+        "backbone.net.blocks.5.mlp.fc2": (
+            -5.498664,
+            1879.455135,
+            (-0.00945677, 0.00545269, 0.00609312),
+        ),
+        "backbone.simfp_3.0": (20.28781, 1502.153871, (0.01090618, 0.00880207, 0.00231443)),
+    },
 }
 # One config of each model above (yacs and LazyConfig) runs in the quick suite, all in the slow one.
 QUICK = {
@@ -200,6 +236,7 @@ QUICK = {
     "ImageNet/alexnet_feedback_alignment.yaml",
     "ImageNet/resnet50_feedback_alignment.yaml",
     "ImageNet/vit_tiny_feedback_alignment.yaml",
+    "Shapes-Detection/retinanet_ViT_tiny_SFP_feedback_alignment.py",
     "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.py",
     "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
 }
