@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bio_detectron-installed
 
-.PHONY: install test test-fast lint format demo benchmark clean
+.PHONY: install test test-fast lint format demo protocol benchmark clean
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ format: install
 RULES ?= sign_symmetry
 demo: install
 	$(PY) tools/demo.py --rules $(RULES)
+
+# The seed paper's protocol on the photos set (docs/usage.md): per rule, pre-train ResNet-18 with
+# it, detect from that backbone, and from scratch with the same compute; one table.
+PROTOCOL_RULES ?= backprop sign_symmetry kolen_pollack feedback_alignment weight_mirror
+protocol: install
+	$(PY) tools/protocol.py --rules $(PROTOCOL_RULES) --iters 1600 --pretrain-iters 1600 \
+		--output-dir output/protocol
 
 benchmark: install
 	$(PY) tools/benchmark_rules.py --batch 16 --size 128 --rounds 41 --steps 1 --compile --scale mean_abs --breakdown

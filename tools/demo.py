@@ -72,45 +72,80 @@ def config_digest(config):
 
 
 def run_command(config, opts):
-    """What trained a run: the config file, its content (so an edited config is not reused) and
-    the options."""
-    return {
+    """What trained a run: the config file, its content (so an edited config is not reused), the
+    options, and the content of the file a ``MODEL.WEIGHTS`` option names (so a run started from
+    a checkpoint that was trained again is not reused)."""
+    opts = [str(o) for o in opts]
+    command = {
         "config": os.path.abspath(config),
         "config_sha256": config_digest(config),
-        "opts": [str(o) for o in opts],
+        "opts": opts,
     }
+    keys = opts[0::2]
+    if "MODEL.WEIGHTS" in keys:
+        weights = opts[2 * keys.index("MODEL.WEIGHTS") + 1]
+        if os.path.isfile(weights):
+            digest = hashlib.sha256()
+            with open(weights, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            command["weights_sha256"] = digest.hexdigest()
+    return command
 
 
-def finished_row(rule, output_dir, command):
-    """
-    The row of a run in ``output_dir`` that finished with its final AP, trained by the same
-    ``command`` (config file and options, as :func:`train` records it), or None.
-    """
+def final_result(output_dir, metric):
+    """The last record of ``output_dir/metrics.json`` that holds ``metric``, or None."""
     metrics = os.path.join(output_dir, "metrics.json")
+    if not os.path.exists(metrics):
+        return None
+    with open(metrics) as f:
+        results = [r for r in map(json.loads, f) if metric in r]
+    return results[-1] if results else None
+
+
+def finished_result(output_dir, command, metric="bbox/AP"):
+    """
+    The final record (with ``metric``) of a run in ``output_dir`` that finished, wrote
+    ``model_final.pth`` and was trained by the same ``command`` (config file and options, as
+    :func:`run_tool` records it), or None.
+    """
     recorded = os.path.join(output_dir, COMMAND_FILE)
-    if not all(os.path.exists(p) for p in (metrics, recorded)):
+    if not os.path.exists(recorded):
         return None
     with open(recorded) as f:
         if json.load(f) != command:
             return None
-    with open(metrics) as f:
-        results = [r for r in map(json.loads, f) if "bbox/AP" in r]
-    if not results or not os.path.exists(os.path.join(output_dir, "model_final.pth")):
+    if not os.path.exists(os.path.join(output_dir, "model_final.pth")):
         return None
-    r = results[-1]
+    return final_result(output_dir, metric)
+
+
+def finished_row(rule, output_dir, command):
+    """The table row of a finished run (see :func:`finished_result`) of ``rule``, or None."""
+    r = finished_result(output_dir, command)
+    if r is None:
+        return None
     return [rule, *(f"{r[k]:.1f}" for k in ("bbox/AP", "bbox/AP50", "bbox/AP75"))] + [
         "reused", "-", str(r["iteration"]), output_dir,
     ]  # fmt: skip
 
 
-def train(rule, config, output_dir, opts):
-    """Run train_net.py for one rule, echoing its progress lines; returns a row of the table."""
+def run_tool(label, tool, config, output_dir, opts, metric="bbox/AP"):
+    """
+    Run ``tools/<tool>`` (train_net.py, train_imagenet.py) with ``config`` into ``output_dir``,
+    echoing its progress lines prefixed with ``label``; exits naming the log when it fails or
+    leaves no ``metric`` in metrics.json. Records what trained the run (:func:`run_command`).
+
+    Returns:
+        tuple: the last metrics.json record with ``metric``, the training time detectron2
+        reports, the seconds the process took.
+    """
     os.makedirs(output_dir, exist_ok=True)
     metrics = os.path.join(output_dir, "metrics.json")
     for stale in (metrics, os.path.join(output_dir, COMMAND_FILE)):
-        if os.path.exists(stale):  # detectron2 appends to metrics.json: no stale AP read back
+        if os.path.exists(stale):  # detectron2 appends to metrics.json: no stale result read back
             os.remove(stale)
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
+    cmd = [sys.executable, os.path.join(REPO, "tools", tool)]
     cmd += ["--config-file", config, "OUTPUT_DIR", output_dir, *opts]
     start, tail, train_time = time.perf_counter(), [], "?"
     pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -118,22 +153,24 @@ def train(rule, config, output_dir, opts):
     with subprocess.Popen(cmd, cwd=REPO, env=env, **pipe) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
-            if " eta: " in line or "copypaste" in line:
-                print(f"[{rule}] {line.split(']: ', 1)[-1]}", end="", flush=True)
+            if " eta: " in line or "copypaste" in line or "Evaluation on" in line:
+                print(f"[{label}] {line.split(']: ', 1)[-1]}", end="", flush=True)
             found = re.search(r"Total training time: (\S+)", line)
             train_time = found.group(1) if found else train_time
     total = time.perf_counter() - start
-    results = []
-    if os.path.exists(metrics):
-        with open(metrics) as f:
-            results = [r for r in map(json.loads, f) if "bbox/AP" in r]
-    if proc.returncode != 0 or not results:
+    result = final_result(output_dir, metric)
+    if proc.returncode != 0 or result is None:
         sys.stdout.write("".join(tail))
-        why = f"exit status {proc.returncode}" if proc.returncode else f"no bbox/AP in {metrics}"
-        sys.exit(f"demo: training with rule {rule!r} failed ({why}); log: {output_dir}/log.txt")
+        why = f"exit status {proc.returncode}" if proc.returncode else f"no {metric} in {metrics}"
+        sys.exit(f"demo: {tool} failed for {label!r} ({why}); log: {output_dir}/log.txt")
     with open(os.path.join(output_dir, COMMAND_FILE), "w") as f:
         json.dump(run_command(config, opts), f)
-    r = results[-1]
+    return result, train_time, total
+
+
+def train(rule, config, output_dir, opts):
+    """Run train_net.py for one rule, echoing its progress lines; returns a row of the table."""
+    r, train_time, total = run_tool(rule, "train_net.py", config, output_dir, opts)
     shown = os.path.relpath(output_dir)
     return [rule, *(f"{r[k]:.1f}" for k in ("bbox/AP", "bbox/AP50", "bbox/AP75"))] + [
         train_time,
@@ -141,6 +178,13 @@ def train(rule, config, output_dir, opts):
         str(r["iteration"]),
         output_dir if shown.startswith("..") else shown,
     ]
+
+
+def print_table(header, rows):
+    """A markdown table: ``header`` ("| a | b |") and rows of cells."""
+    print(f"\n{header}\n|" + "---|" * header.count(" | ") + "---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def draw(configs, labels, output_dirs, figure, opts):
@@ -270,9 +314,7 @@ def main():
             args.rules, configs, args.output_dir, sorted(set(args.budgets)), args.opts, args.rerun
         )
     rows = [train(r, c, d, args.opts) for r, c, d in zip(args.rules, configs, output_dirs)]
-    print(f"\n{HEADER}\n|" + "---|" * HEADER.count(" | ") + "---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(HEADER, rows)
     if not args.no_figure:
         figure = os.path.abspath(args.figure or os.path.join(args.output_dir, "detections.png"))
         print(
