@@ -218,6 +218,33 @@ def test_tokens_and_1d_maps_get_the_error_at_every_position():
     )
 
 
+def test_a_token_map_under_an_error_map_gets_it_at_its_own_positions():
+    """A linear layer on (N, H, W, C) tokens (a ViT backbone under a detector's maps) gets the
+    error maps pooled or replicated to its H x W positions, as a convolution would."""
+
+    class TokenMap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = nn.Linear(4, 5)
+            self.fine, self.coarse = nn.Conv2d(5, 3, 1), nn.Conv2d(5, 3, 1)
+
+        def forward(self, x):  # (N, 4, 4, 4) channels last
+            h = self.tokens(x).permute(0, 3, 1, 2)  # (N, 5, 4, 4)
+            up = F.interpolate(h, scale_factor=2.0)
+            return [self.fine(up), self.coarse(F.avg_pool2d(h, 2))]  # 8x8 and 2x2 maps
+
+    torch.manual_seed(0)
+    net = bd.convert_model(TokenMap().double(), RULE, outputs=["fine", "coarse"])
+    x = torch.randn(2, 4, 4, 4, dtype=torch.double, requires_grad=True)
+    e_fine, e_coarse = torch.randn(2, 3, 8, 8).double(), torch.randn(2, 3, 2, 2).double()
+    fine, coarse = net(x)
+    ((fine * e_fine).sum() + (coarse * e_coarse).sum()).backward()
+    b = net.tokens.feedback  # (4, 6): the columns of fine's 3 channels, then coarse's
+    at_4x4 = torch.einsum("ic,nchw->nihw", b[:, :3], F.adaptive_avg_pool2d(e_fine, 4))
+    at_4x4 = at_4x4 + torch.einsum("ic,nchw->nihw", b[:, 3:], F.adaptive_avg_pool2d(e_coarse, 4))
+    torch.testing.assert_close(x.grad, at_4x4.permute(0, 2, 3, 1))
+
+
 def test_a_linear_output_layers_error_over_queries_stays_at_each_query():
     """A linear output layer on queries (N, Q, C_o), as DETR's heads: a linear layer on the same
     Q queries gets its B e at each query; one on other positions, and a convolution at every

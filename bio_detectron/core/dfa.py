@@ -276,15 +276,20 @@ def _to_map(projected: torch.Tensor, size) -> torch.Tensor:
 
 
 def _to_features(projected: torch.Tensor, input: torch.Tensor, name: str) -> torch.Tensor:
-    """(N, C, *s) or (N, C) -> the shape of a linear layer's input (N, ..., C): per position
-    where the input has the error's positions s (tokens, queries: locality), else the mean over
-    them (or the vector) at every position."""
+    """(N, C, *s) or (N, C) -> the shape of a linear layer's input (N, ..., C), keeping locality
+    where positions correspond: per position where the input has the error's positions s
+    (tokens, queries); an error map brought to the positions of an input that is a map of as many
+    dims, 2 or more, as for a convolution (:func:`_to_map`; a transformer's (N, H, W, C) tokens
+    under a detector's maps); else the mean over them (or the vector) at every position
+    (sequences of other lengths, such as queries and image tokens, have no positions in common)."""
     n, c = projected.shape[:2]
     middle = input.shape[1:-1]
     if input.shape[-1] != c:
         raise RuntimeError(f"layer {name!r}: input {tuple(input.shape)} is not (..., {c})")
-    if projected.dim() > 2 and tuple(projected.shape[2:]) == tuple(middle):
-        return projected.movedim(1, -1).contiguous()
+    if projected.dim() > 2 and (
+        tuple(projected.shape[2:]) == tuple(middle) or projected.dim() - 2 == len(middle) >= 2
+    ):
+        return _to_map(projected, middle).movedim(1, -1).contiguous()
     if projected.dim() > 2:
         projected = projected.flatten(2).mean(2)  # other positions: averaged over them
     shape = (n,) + (1,) * len(middle) + (c,)

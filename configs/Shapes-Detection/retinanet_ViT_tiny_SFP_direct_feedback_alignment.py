@@ -4,8 +4,8 @@ from ..common.bio_vitdet import dataloader, lr_multiplier, model, optimizer, tra
 # RetinaNet's outputs (the output gradients of head.cls_score and head.bbox_pred, the predictor
 # part, as in retinanet_R_18_FPN_direct_feedback_alignment.yaml), brought to the layer input's
 # resolution; scale kaiming, B_l ~ N(0, 1/C_e). The convolutions (patch embedding, pyramid, head)
-# get the error map pooled to their input's resolution; the ViT's linear layers (qkv, proj, fc1,
-# fc2), whose inputs are tokens (N, H, W, C), get the error averaged over the image at every
-# token (docs/rules.md, direct feedback alignment).
+# get the error map pooled to their input's resolution, and so do the ViT's linear layers (qkv,
+# proj, fc1, fc2), whose inputs are tokens (N, H, W, C): the maps pooled to their token grid
+# (docs/rules.md, direct feedback alignment).
 model.rule = "direct_feedback_alignment"
 train.output_dir = "output/shapes/retinanet_ViT_tiny_SFP_direct_feedback_alignment"
