@@ -97,6 +97,7 @@ PART_DIGESTS = {
     "11334434090e045b": [
         "ImageNet/Base-ViT-Tiny.yaml",
         "ImageNet/vit_tiny_backprop.yaml",
+        "ImageNet/vit_tiny_direct_feedback_alignment.yaml",
         "ImageNet/vit_tiny_feedback_alignment.yaml",
         "ImageNet/vit_tiny_feedback_alignment_signed_init.yaml",
         "ImageNet/vit_tiny_kolen_pollack.yaml",
@@ -190,12 +191,13 @@ FEEDBACK = {
         "backbone.bottom_up.conv1": (4.671843, 296.668755, (-0.00158285, 0.00728096, 0.01870139)),
         "head.fc6": (-45.216723, 313761.765638, (0.00523027, 0.010859, 0.0140164)),
     },
-    # An attention module's projections: B seeded by the name of each.
+    # An attention module's projections: B seeded by the name of each. (conv_proj's pin changed
+    # when the patches went from 4x4 to 8x8: its B is shaped like its weight.)
     "ImageNet/vit_tiny_feedback_alignment.yaml": {
         "backbone.bottom_up.conv_proj": (
-            1.80354,
-            132.126842,
-            (0.06700192, 0.03044725, -0.03274996),
+            3.219386,
+            267.101116,
+            (0.03350096, 0.01522363, -0.01637498),
         ),
         "backbone.bottom_up.encoder.layers.encoder_layer_0.self_attention.in_proj": (
             -18.594522,
