@@ -18,6 +18,9 @@ from detectron2.modeling import SimpleFeaturePyramid, ViT
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
+from bio_detectron.core.optim import BatchManhattanSGD
+from bio_detectron.solver import bio_param_groups
+
 from .bio_shapes import dataloader, lr_multiplier, model, optimizer, train
 
 # --- The backbone: a ViT-Tiny-like plain ViT (ViT-Ti's width and heads, half its depth) ---
@@ -56,4 +59,18 @@ model.model.backbone = L(SimpleFeaturePyramid)(
     top_block=L(LastLevelP6P7)(in_channels=128, out_channels=128, in_feature="p5"),
     norm="LN",
     square_pad=0,
+)
+
+
+# Batch-manhattan SGD for every parameter but the last layer's (cls_score, bbox_pred), which keeps
+# plain SGD at the base's lr 0.02, as retinanet_R_18_FPN_sign_symmetry_bm.yaml: the same weight
+# decay (not on norms and biases) and momentum as the base's SGD. The sign_symmetry_bm leaves
+# take it as their optimizer.
+batch_manhattan_optimizer = L(BatchManhattanSGD)(
+    params=L(bio_param_groups)(
+        base_lr="${..lr}", weight_decay_norm=0.0, weight_decay_bias=0.0, last_layer_lr=0.02
+    ),
+    lr=0.0003,
+    momentum=0.9,
+    weight_decay=0.05,
 )

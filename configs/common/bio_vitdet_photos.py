@@ -6,7 +6,14 @@ length differ, as the R18 Photos-Detection configs differ from the Shapes-Detect
 files set the rule.
 """
 
-from .bio_vitdet import dataloader, lr_multiplier, model, optimizer, train
+from .bio_vitdet import (
+    batch_manhattan_optimizer,
+    dataloader,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
 
 # --- The model: 10 classes; 128 px at patch 16 is an 8x8 map of tokens ---
 model.model.num_classes = 10
