@@ -220,7 +220,8 @@ class DirectFeedback:
             Tensor: B_l·ē shaped like ``input``: each output's error e_o, (N, C_o, *spatial_o),
             (N, C_o) or, from a linear output layer, (N, *positions, C_o), projected by its
             columns of B_l, brought to the input's resolution (see :func:`_to_map` and
-            :func:`_to_features`), and summed over the outputs and their calls.
+            :func:`_to_features`) with its sum over positions kept (:func:`_mass_ratio`), and
+            summed over the outputs and their calls.
         """
         errors = self.record.errors
         if errors is None:
@@ -242,8 +243,9 @@ class DirectFeedback:
                 )
             if self.source.channels_last[index] and error.dim() > 2:
                 error = error.movedim(-1, 1)  # (N, C_o, *positions)
-                if self.conv:  # tokens or queries have no place in a convolution's map
-                    error = error.flatten(2).mean(2)
+                if self.conv:  # tokens or queries have no place in a convolution's map:
+                    # their sum, a vector, which the ratio below divides among the locations
+                    error = error.flatten(2).sum(2)
             size = input.shape[2:]
             # The error's sum over positions is kept (see _mass_ratio).
             ratio = _mass_ratio(error, input if self.conv else input[..., 0].unsqueeze(1))
