@@ -369,8 +369,9 @@ def test_direct_feedback_alignment_gradients_equal_attention_written_by_hand(
 ):
     """Each projection is a layer of Nøkland's: its input gets B e (B: (C_in, C_e), used whole
     for every row-slice of in_proj_weight), per query position or, where the positions are not
-    the error's (keys, values), their mean at every position; its weight gradient is the true
-    one given what reaches its output; QK^T, the softmax and attention times V stay exact."""
+    the error's (keys, values), their mean at every position times P_e / P_x (queries over keys,
+    so that the error's sum over positions is kept); its weight gradient is the true one given
+    what reaches its output; QK^T, the softmax and attention times V stay exact."""
     torch.manual_seed(0)
     stock = _Attend(**options).double()
     model = bd.convert_model(copy.deepcopy(stock), "direct_feedback_alignment", seed=2)
@@ -389,10 +390,11 @@ def test_direct_feedback_alignment_gradients_equal_attention_written_by_hand(
         return t if batch_first else t.transpose(0, 1)
 
     def sent(feedback, per_query):
-        """B e at a projection's input: at each query position, or the mean over them at each
-        of the 5 key positions."""
+        """B e at a projection's input: at each query position, or the mean over the 4 queries
+        times P_e / P_x = 4 / 5 at each of the 5 key positions (their sum, divided among them)."""
         p = e @ feedback.T  # (N, L, C_in)
-        return as_inputs(p if per_query else p.mean(1, keepdim=True).expand(-1, 5, -1))
+        at_keys = p.mean(1, keepdim=True).expand(-1, 5, -1) * (4 / 5)
+        return as_inputs(p if per_query else at_keys)
 
     if m._qkv_same_embed_dim:
         b_q = b_k = b_v = m.in_proj.feedback

@@ -84,8 +84,9 @@ def test_hidden_layers_learn_xor_from_the_direct_error():
 
 
 def test_conv_net_gradients_equal_a_reference_by_hand():
-    """Conv -> BatchNorm -> ReLU -> conv -> ReLU -> average pool -> linear: B_l e broadcast over
-    each conv input's locations, then exact BatchNorm, ReLU and pooling down to the weights."""
+    """Conv -> BatchNorm -> ReLU -> conv -> ReLU -> average pool -> linear: B_l e divided among
+    each conv input's locations (the vector error's sum kept, as through the pool), then exact
+    BatchNorm, ReLU and pooling down to the weights."""
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -114,7 +115,8 @@ def test_conv_net_gradients_equal_a_reference_by_hand():
     e = (torch.softmax(y, 1) - F.one_hot(target, 5)).detach() / len(x)
     g_p = e @ net[7].feedback.T  # the linear layer's input: B_fc e
     g_a2 = (g_p[:, :, None, None] / 16).expand_as(a2) * (a2 > 0)  # pool, ReLU
-    g_z1 = torch.einsum("ic,nc->ni", net[3].feedback, e)[:, :, None, None].expand_as(z1)
+    # The second conv's input, 8x8: B e times P_e / P_x = 1 / 64 at each location.
+    g_z1 = torch.einsum("ic,nc->ni", net[3].feedback, e)[:, :, None, None].expand_as(z1) / 64
     (g_a1,) = torch.autograd.grad(z1, a1_, g_z1)  # BatchNorm and ReLU: exact
     torch.testing.assert_close(net[7].weight.grad, e.T @ p.detach())
     torch.testing.assert_close(
@@ -162,7 +164,8 @@ def test_dense_errors_are_pooled_replicated_and_projected_per_layer():
     ((c8 * e_c8).sum() + (c4 * e_c4).sum() + (b4 * e_b4).sum()).backward()
 
     def project(feedback, size):
-        """B e-bar at ``size``: each error projected by its columns, then brought to size."""
+        """B e-bar at ``size``: each error projected by its columns, then brought to size with
+        its sum over positions kept (times P_e / P_x)."""
         cls, box = feedback[:, :3], feedback[:, 3:]
         maps = [
             (torch.einsum("ic,nchw->nihw", cls, e_c8)),
@@ -171,10 +174,10 @@ def test_dense_errors_are_pooled_replicated_and_projected_per_layer():
         ]
         out = 0
         for m in maps:
-            if m.shape[-1] > size:  # 8 -> 4: the mean of each 2x2 block
-                m = m.reshape(*m.shape[:2], 4, 2, 4, 2).mean((3, 5))
-            elif m.shape[-1] < size:  # 4 -> 8: each value repeated over its 2x2 block
-                m = m.repeat_interleave(2, 2).repeat_interleave(2, 3)
+            if m.shape[-1] > size:  # 8 -> 4: the sum of each 2x2 block
+                m = m.reshape(*m.shape[:2], 4, 2, 4, 2).sum((3, 5))
+            elif m.shape[-1] < size:  # 4 -> 8: each value divided among its 2x2 block
+                m = m.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
             out = out + m
         return out
 
@@ -209,10 +212,11 @@ def test_tokens_and_1d_maps_get_the_error_at_every_position():
     x = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
     g = torch.randn(2, 3, dtype=torch.double)
     (net(x) * g).sum().backward()
-    # The first layer's input gradient: B e at every token.
-    torch.testing.assert_close(x.grad, (g @ net.embed.feedback.T)[:, None].expand(2, 6, 4))
-    # The linear layer's output gradient is the conv's B e at every position of its 1-d map.
-    g_embed = (g @ net.conv.feedback.T)[:, None].expand(2, 6, 5)
+    # The first layer's input gradient: B e divided among the 6 tokens (P_e / P_x = 1 / 6).
+    torch.testing.assert_close(x.grad, (g @ net.embed.feedback.T)[:, None].expand(2, 6, 4) / 6)
+    # The linear layer's output gradient is the conv's B e divided among the 6 positions of its
+    # 1-d map.
+    g_embed = (g @ net.conv.feedback.T)[:, None].expand(2, 6, 5) / 6
     torch.testing.assert_close(
         net.embed.weight.grad, g_embed.reshape(-1, 5).T @ x.detach().reshape(-1, 4)
     )
@@ -220,7 +224,8 @@ def test_tokens_and_1d_maps_get_the_error_at_every_position():
 
 def test_a_token_map_under_an_error_map_gets_it_at_its_own_positions():
     """A linear layer on (N, H, W, C) tokens (a ViT backbone under a detector's maps) gets the
-    error maps pooled or replicated to its H x W positions, as a convolution would."""
+    error maps pooled or replicated to its H x W positions, as a convolution would, their sums
+    over positions kept."""
 
     class TokenMap(nn.Module):
         def __init__(self):
@@ -240,15 +245,18 @@ def test_a_token_map_under_an_error_map_gets_it_at_its_own_positions():
     fine, coarse = net(x)
     ((fine * e_fine).sum() + (coarse * e_coarse).sum()).backward()
     b = net.tokens.feedback  # (4, 6): the columns of fine's 3 channels, then coarse's
-    at_4x4 = torch.einsum("ic,nchw->nihw", b[:, :3], F.adaptive_avg_pool2d(e_fine, 4))
-    at_4x4 = at_4x4 + torch.einsum("ic,nchw->nihw", b[:, 3:], F.adaptive_avg_pool2d(e_coarse, 4))
+    # 8x8 -> 4x4: the sum of each 2x2 block; 2x2 -> 4x4: each value divided among its block.
+    fine_at_4x4 = e_fine.reshape(2, 3, 4, 2, 4, 2).sum((3, 5))
+    coarse_at_4x4 = e_coarse.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
+    at_4x4 = torch.einsum("ic,nchw->nihw", b[:, :3], fine_at_4x4)
+    at_4x4 = at_4x4 + torch.einsum("ic,nchw->nihw", b[:, 3:], coarse_at_4x4)
     torch.testing.assert_close(x.grad, at_4x4.permute(0, 2, 3, 1))
 
 
 def test_a_linear_output_layers_error_over_queries_stays_at_each_query():
     """A linear output layer on queries (N, Q, C_o), as DETR's heads: a linear layer on the same
     Q queries gets its B e at each query; one on other positions, and a convolution at every
-    location, get the mean over the queries."""
+    location, get the sum over the queries divided among their positions."""
 
     class Queries(nn.Module):
         def __init__(self):
@@ -284,15 +292,60 @@ def test_a_linear_output_layers_error_over_queries_stays_at_each_query():
     torch.testing.assert_close(
         net.memory.weight.grad, g_memory.flatten(0, 1).T @ memory_in.flatten(0, 1)
     )
-    # memory's input: 16 locations, not the queries: the mean over the queries at each.
-    g_conv = sent(net.memory).mean(1, keepdim=True).expand(2, 16, 4)
+    # memory's input: 16 locations, not the queries: the mean over the 5 queries times
+    # P_e / P_x = 5 / 16 at each (their sum, divided among the locations).
+    g_conv = (sent(net.memory).mean(1, keepdim=True) * 5 / 16).expand(2, 16, 4)
     g_conv = g_conv.transpose(1, 2).reshape(2, 4, 4, 4)
     torch.testing.assert_close(
         net.conv.weight.grad, conv2d_weight(x.detach(), net.conv.weight.shape, g_conv, 1, 1)
     )
-    # A convolution's input: the mean over the queries, at every location.
-    want = sent(net.conv).mean(1)[:, :, None, None].expand(2, 3, 4, 4)
+    # A convolution's input: the same, the 5 queries' sum divided among its 16 locations.
+    want = (sent(net.conv).mean(1) * 5 / 16)[:, :, None, None].expand(2, 3, 4, 4)
     torch.testing.assert_close(x.grad, want)
+
+
+def test_the_errors_sum_over_positions_is_kept_at_every_resolution():
+    """Brought to a layer input's positions, each error keeps its sum over positions, as backprop
+    keeps it through average pooling, strides and a global pool: a finer map is summed over the
+    blocks it pools, a coarser map or a vector divided among the positions it covers. (Else a
+    fine layer's weight gradient, a sum over its many positions, would grow with their number.)"""
+
+    class TwoScales(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Conv2d(3, 4, 3, padding=1)
+            self.down = nn.Conv2d(4, 4, 4, stride=4)
+            self.fine, self.coarse = nn.Conv2d(4, 3, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):  # (N, 3, 8, 8)
+            h = self.backbone(x)
+            return [self.fine(F.interpolate(h, scale_factor=2.0)), self.coarse(self.down(h))]
+
+    torch.manual_seed(0)
+    net = bd.convert_model(TwoScales().double(), RULE, outputs=["fine", "coarse"])
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double, requires_grad=True)
+    fine, coarse = net(x)  # 16x16 and 2x2 maps over the 8x8 input
+    e_fine, e_coarse = torch.randn_like(fine), torch.randn_like(coarse)
+    ((fine * e_fine).sum() + (coarse * e_coarse).sum()).backward()
+    b = net.backbone.feedback  # (3, 5): fine's 3 columns, then coarse's 2
+    mass = e_fine.sum((2, 3)) @ b[:, :3].T + e_coarse.sum((2, 3)) @ b[:, 3:].T
+    torch.testing.assert_close(x.grad.sum((2, 3)), mass)
+
+    # A vector error over an H x W map: B e / (H W) at each of its positions.
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(self.conv(x).mean((2, 3)))
+
+    net = bd.convert_model(Pooled().double(), RULE, outputs=["out"])
+    x = torch.randn(2, 3, 5, 6, dtype=torch.double, requires_grad=True)
+    e = torch.randn(2, 3, dtype=torch.double)
+    (net(x) * e).sum().backward()
+    each = (e @ net.conv.feedback.T / (5 * 6))[:, :, None, None].expand(2, 3, 5, 6)
+    torch.testing.assert_close(x.grad, each)
 
 
 def test_outputs_must_be_returned_by_their_common_module():

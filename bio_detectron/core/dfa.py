@@ -220,7 +220,8 @@ class DirectFeedback:
             Tensor: B_l·ē shaped like ``input``: each output's error e_o, (N, C_o, *spatial_o),
             (N, C_o) or, from a linear output layer, (N, *positions, C_o), projected by its
             columns of B_l, brought to the input's resolution (see :func:`_to_map` and
-            :func:`_to_features`), and summed over the outputs and their calls.
+            :func:`_to_features`) with its sum over positions kept (:func:`_mass_ratio`), and
+            summed over the outputs and their calls.
         """
         errors = self.record.errors
         if errors is None:
@@ -242,9 +243,12 @@ class DirectFeedback:
                 )
             if self.source.channels_last[index] and error.dim() > 2:
                 error = error.movedim(-1, 1)  # (N, C_o, *positions)
-                if self.conv:  # tokens or queries have no place in a convolution's map
-                    error = error.flatten(2).mean(2)
+                if self.conv:  # tokens or queries have no place in a convolution's map:
+                    # their sum, a vector, which the ratio below divides among the locations
+                    error = error.flatten(2).sum(2)
             size = input.shape[2:]
+            # The error's sum over positions is kept (see _mass_ratio).
+            ratio = _mass_ratio(error, input if self.conv else input[..., 0].unsqueeze(1))
             if self.conv and error.dim() - 2 == len(size) and error[0, 0].numel() > size.numel():
                 # Pooling and the 1x1 map commute: pool first, project fewer locations.
                 error = _POOLS[len(size)](error, tuple(size))
@@ -252,11 +256,28 @@ class DirectFeedback:
             part = (
                 _to_map(projected, size) if self.conv else _to_features(projected, input, self.name)
             )
+            if ratio != 1:
+                part = part.mul_(ratio)
             total = part if total is None else total.add_(part)
         return total.to(input.dtype)
 
 
 _POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+def _mass_ratio(error: torch.Tensor, input: torch.Tensor) -> float:
+    """
+    P_e / P_x: the error's positions (N, C, *P_e) over the layer input's (N, C, *P_x), 1 for a
+    vector. Brought to the input's positions (pooled, replicated or averaged), the error is
+    multiplied by this, so that its sum over positions is kept: a coarse map or a vector error
+    spread over a finer map is divided among the positions it covers, as backprop divides a
+    gradient through average pooling, strides and a global pool; a finer map is summed over the
+    blocks it pools. Without it, an early layer's weight gradient (a sum over its many positions)
+    would be P_x / P_e times the error's, the largest at the finest layers.
+    """
+    error_positions = error[0, 0].numel() if error.dim() > 2 else 1
+    input_positions = input[0, 0].numel() if input.dim() > 2 else 1
+    return error_positions / input_positions
 
 
 def _to_map(projected: torch.Tensor, size) -> torch.Tensor:
