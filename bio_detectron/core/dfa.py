@@ -248,7 +248,8 @@ class DirectFeedback:
                     error = error.flatten(2).sum(2)
             size = input.shape[2:]
             # The error's sum over positions is kept (see _mass_ratio).
-            ratio = _mass_ratio(error, input if self.conv else input[..., 0].unsqueeze(1))
+            positions = input.shape[2:] if self.conv else input.shape[1:-1]
+            ratio = _mass_ratio(error, math.prod(positions))
             if self.conv and error.dim() - 2 == len(size) and error[0, 0].numel() > size.numel():
                 # Pooling and the 1x1 map commute: pool first, project fewer locations.
                 error = _POOLS[len(size)](error, tuple(size))
@@ -265,18 +266,17 @@ class DirectFeedback:
 _POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
 
-def _mass_ratio(error: torch.Tensor, input: torch.Tensor) -> float:
+def _mass_ratio(error: torch.Tensor, input_positions: int) -> float:
     """
-    P_e / P_x: the error's positions (N, C, *P_e) over the layer input's (N, C, *P_x), 1 for a
-    vector. Brought to the input's positions (pooled, replicated or averaged), the error is
+    P_e / P_x: the error's positions (N, C, *P_e; 1 for a vector) over the layer input's, P_x.
+    Brought to the input's positions (pooled, replicated or averaged), the error is
     multiplied by this, so that its sum over positions is kept: a coarse map or a vector error
     spread over a finer map is divided among the positions it covers, as backprop divides a
     gradient through average pooling, strides and a global pool; a finer map is summed over the
     blocks it pools. Without it, an early layer's weight gradient (a sum over its many positions)
     would be P_x / P_e times the error's, the largest at the finest layers.
     """
-    error_positions = error[0, 0].numel() if error.dim() > 2 else 1
-    input_positions = input[0, 0].numel() if input.dim() > 2 else 1
+    error_positions = math.prod(error.shape[2:])
     return error_positions / input_positions
 
 
