@@ -146,7 +146,10 @@ def test_a_retrained_checkpoint_is_a_new_command(protocol, tmp_path):
     "args, message",
     [
         (["--rules", "direct_feedback_alignment"], "feedback tensors map the classifier's"),
-        (["--rules", "sign_symmetry_bm"], "needs .*resnet18_sign_symmetry_bm.yaml"),
+        (
+            ["--rules", "sign_symmetry_random_magnitude"],
+            "needs .*FPN_sign_symmetry_random_magnitude.yaml",
+        ),
         (["--rules", "backprop", "--", "MODEL.WEIGHTS", "x.pth"], "without .*MODEL.WEIGHTS"),
     ],
 )
