@@ -38,6 +38,7 @@ from .drawing import Layout, box_intersection, finish, place_objects, polygon_ma
 
 __all__ = [
     "PHOTO_CLASSES",
+    "background_crop",
     "render_photos_classification_image",
     "render_photos_image",
     "source_photo",
@@ -166,7 +167,7 @@ def _photo_image(name: str) -> Image.Image:
     return Image.fromarray(source_photo(name), mode="RGB")
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def background_crop(rng: np.random.Generator, size: int) -> np.ndarray:
     """A random square crop of a background photograph, mirrored at random, grey ones tinted."""
     name, region = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
     photo = _photo_image(name)
@@ -338,7 +339,7 @@ def render_photos_image(
         :data:`PHOTO_CLASSES`), "polygon" ((N, 2) array, COCO pixel coordinates: the cut) and
         "bbox" ([x0, y0, x1, y1]).
     """
-    image = _background(rng, image_size)
+    image = background_crop(rng, image_size)
     # Unlabelled distractors first, under the objects: cuts of the background photographs, which
     # a detector must learn are none of the classes.
     for _ in range(int(rng.integers(0, 4))):
@@ -358,7 +359,7 @@ def render_photos_classification_image(rng, kind: str, image_size: int = 64) -> 
     One object of class ``kind`` (a name in :data:`PHOTO_CLASSES`) on a background photograph,
     its cut's longer side 50-90 % of the image side.
     """
-    image = _background(rng, image_size)
+    image = background_crop(rng, image_size)
     length = image_size * rng.uniform(0.5, 0.9)
     while _place(rng, image, PHOTO_CLASSES.index(kind), length, [], 1.0) is None:
         length *= 0.9  # turned, it did not fit
