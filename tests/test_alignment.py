@@ -84,6 +84,7 @@ def test_backprop_is_aligned():
         assert m["weight_angle"] == 0.0 and m["sign_concordance"] == 1.0
         assert m["norm_ratio"] == pytest.approx(1.0, abs=1e-12)
         assert 0.0 <= m["grad_angle"] < 1e-3, (name, m)
+        assert m["grad_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert metrics["mean"]["grad_angle"] < 1e-3 and metrics["all"]["grad_angle"] < 1e-3
     assert [metrics[n]["order"] for n in LAYERS] == [0.0, 1.0, 2.0, 3.0]
 
@@ -124,9 +125,13 @@ def test_feedback_alignment_starts_unaligned_and_matches_independent_gradients()
         assert metrics[name]["grad_angle"] == pytest.approx(
             math.degrees(math.acos(float(cos))), abs=1e-2
         )
+        ratio = float(own[name].double().norm() / exact[name].double().norm())
+        assert metrics[name]["grad_norm_ratio"] == pytest.approx(ratio, rel=1e-4)
     # The last layer's output gradient is exact; the first layer's update is far from backprop's.
     assert metrics["fc2"]["grad_angle"] < 1e-3
     assert metrics["conv1"]["grad_angle"] > 45
+    assert metrics["fc2"]["grad_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["conv1"]["grad_norm_ratio"] != pytest.approx(1.0, abs=1e-2)
     assert metrics["mean"]["weight_angle"] == pytest.approx(
         np.mean([metrics[n]["weight_angle"] for n in LAYERS])
     )

@@ -9,7 +9,11 @@ Metrics of one converted layer with weight W and feedback weight B (``m.feedback
 * ``grad_angle``: angle in degrees between the gradient of W that the rule produces and the true
   backprop gradient of the same loss, on the same batch, with the same weights (0 for backprop,
   and for a model's last layer whatever the rule: its output gradient is exact). It needs the
-  probe (:mod:`bio_detectron.core.probe`).
+  probe (:mod:`bio_detectron.core.probe`);
+* ``grad_norm_ratio``: ||the rule's gradient of W|| / ||backprop's||, from the same probe (1 for
+  backprop). Under SGD it is how fast the layer learns next to backprop at the same learning
+  rate: a rule whose feedback weakens layer by layer leaves the layers far from the loss with
+  small updates, whatever their angle.
 
 Only PyTorch is needed. :class:`bio_detectron.engine.AlignmentHook` logs these metrics during
 training as ``alignment/<layer>/<metric>`` scalars; ``tools/plot_alignment.py`` draws them.
@@ -41,7 +45,14 @@ __all__ = [
 # Metrics logged per layer, in this order. "order" is the layer's position among the converted
 # layers in the forward pass (the order the probe's forward first calls them: input to output),
 # logged once per run, because metrics.json sorts keys alphabetically and plots need the depth.
-LAYER_METRICS = ("grad_angle", "weight_angle", "sign_concordance", "norm_ratio", "order")
+LAYER_METRICS = (
+    "grad_angle",
+    "grad_norm_ratio",
+    "weight_angle",
+    "sign_concordance",
+    "norm_ratio",
+    "order",
+)
 # Model-wide summaries, logged as alignment/<summary>/<metric>:
 #   mean: the mean over layers (NaNs left out) of each metric;
 #   all:  the angle between all converted layers' tensors concatenated (weights, gradients), which
@@ -154,13 +165,15 @@ def gradient_angles(model: nn.Module, args: tuple, kwargs: Optional[dict] = None
 
 
 def _gradient_angles(model, args, kwargs=None, **options):
+    """(layer -> grad_angle plus "all", layer -> grad_norm_ratio, the layers' call order)."""
     grads, call_order = _probe(model, args, kwargs, **options)
-    angles = {}
+    angles, ratios = {}, {}
     for name, (own, exact) in grads.items():
         angles[name] = math.nan if own is None or exact is None else angle_between(own, exact)
+        ratios[name] = math.nan if own is None or exact is None else _norm_ratio(exact, own)
     pairs = [(g, e) for g, e in grads.values() if g is not None and e is not None]
     angles["all"] = _angle_of_pairs(pairs) if pairs else math.nan
-    return angles, call_order
+    return angles, ratios, call_order
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -195,10 +208,13 @@ def alignment_metrics(
         "weight_angle": _angle_of_pairs([(w, b) for w, b in weights if b.shape == w.shape])
     }
     if args is not None:
-        angles, call_order = _gradient_angles(model, args, kwargs, loss_fn=loss_fn, start=start)
+        angles, ratios, call_order = _gradient_angles(
+            model, args, kwargs, loss_fn=loss_fn, start=start
+        )
         summary_all["grad_angle"] = angles.pop("all")
         for name, angle in angles.items():
             metrics[name]["grad_angle"] = angle
+            metrics[name]["grad_norm_ratio"] = ratios[name]
         for i, name in enumerate(call_order):
             metrics[name]["order"] = float(i)
     names = [k for k in LAYER_METRICS if k != "order"]
