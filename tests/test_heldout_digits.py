@@ -99,7 +99,7 @@ def test_the_splits_draw_on_disjoint_scans(digits, monkeypatch, tmp_path):
     assert not (used["train"] & used["val"])
 
 
-def test_registered_as_coco_and_trains_on_the_digits(digits, small_set, tmp_path):
+def test_registered_as_coco_with_the_ten_digits(digits, small_set, tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     digits.register(small_set)
