@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import runpy
 import sys
@@ -51,6 +52,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """
+    ``load_tool("protocol")``: a script of ``tools/`` imported as a module under test (named
+    ``<name>_under_test``), with ``tools/`` on ``sys.path`` while it imports, since the scripts
+    import each other from their own folder.
+    """
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+
+    def load(name):
+        sys.path.insert(0, tools)
+        try:
+            path = os.path.join(tools, f"{name}.py")
+            spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(tools)
+        return module
+
+    return load
 
 
 # The prefix of the miniatures' names in the test session: "mini_voc_2007_test", ...

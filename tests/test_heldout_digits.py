@@ -1,6 +1,5 @@
 """tools/heldout_digits.py: the held-out set of handwritten digits on photographs."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,16 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def digits():
-    sys.path.insert(0, TOOLS)  # heldout_digits imports train_net from its own folder
-    try:
-        path = os.path.join(TOOLS, "heldout_digits.py")
-        spec = importlib.util.spec_from_file_location("heldout_digits_under_test", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(TOOLS)
-    return module
+def digits(load_tool):
+    return load_tool("heldout_digits")
 
 
 @pytest.fixture(scope="module")

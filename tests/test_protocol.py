@@ -1,6 +1,5 @@
 """tools/protocol.py: pre-train with a rule, detect from that backbone, and from scratch."""
 
-import importlib.util
 import json
 import os
 import re
@@ -20,16 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def protocol():
-    sys.path.insert(0, TOOLS)  # protocol imports demo from its own folder
-    try:
-        path = os.path.join(TOOLS, "protocol.py")
-        spec = importlib.util.spec_from_file_location("protocol_under_test", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(TOOLS)
-    return module
+def protocol(load_tool):
+    return load_tool("protocol")
 
 
 def save_classifier(protocol, folder, rule, *opts):
