@@ -16,7 +16,7 @@ would train on their own COCO-format set::
         SOLVER.MAX_ITER 1600 OUTPUT_DIR output/heldout/sign_symmetry_1600
 
 Every other argument is ``tools/train_net.py``'s. The digits of the two splits come from disjoint
-halves of the scans (75 % / 25 %, shuffled with the seed).
+parts of the scans (75 % / 25 %, shuffled with the seed).
 """
 
 import json
