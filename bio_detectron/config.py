@@ -116,8 +116,9 @@ def add_bio_config(cfg):
     _C.MODEL.BIO.SEED = 0
     # Scale s of the feedback weight, for every rule but backprop: "kaiming"
     # (sqrt(2/(k*k*C_out)) for a conv, 1/sqrt(fan_in) for a linear layer: the seed paper's code),
-    # "mean_abs" (mean |W| of the layer; recomputed each step by sign_symmetry), or a positive
-    # number (0.01, or "0.01"; kept as a string).
+    # "mean_abs" (mean |W| of the layer; recomputed each step by sign_symmetry), "rms" (the root
+    # mean square of W: sign(W) * s then has W's norm), or a positive number (0.01, or "0.01";
+    # kept as a string).
     _C.MODEL.BIO.SCALE = "kaiming"
     # Regexes (re.search) on full module names (as in model.named_modules()) of layers that keep
     # plain autograd. Each must match at least one convolution/Linear of the model.

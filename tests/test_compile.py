@@ -52,9 +52,9 @@ class Net(nn.Module):
         return logits if y is None else nn.functional.cross_entropy(logits, y)
 
 
-def _net(rule):
+def _net(rule, scale="mean_abs"):
     torch.manual_seed(0)
-    options = {} if rule == "backprop" else {"scale": "mean_abs"}
+    options = {} if rule == "backprop" else {"scale": scale}
     return bd.convert_model(Net(), rule, **options)
 
 
@@ -109,6 +109,22 @@ def test_every_rule_compiles_into_one_graph_per_mode_with_the_rules_gradients(ru
     if rule not in ("backprop",):  # the rule changed the input gradient: it is not backprop's
         reference = _train(_net("backprop"), batches[:1])[0]["input"]
         assert not torch.allclose(got[0]["input"], reference, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", ["kaiming", "rms", 0.5])
+def test_every_scale_of_sign_symmetry_compiles_into_one_graph_with_eager_gradients(scale):
+    eager, compiled = _net("sign_symmetry", scale), _net("sign_symmetry", scale)
+    torch._dynamo.reset()
+    counters.clear()
+    bd.compile_model(compiled, backend="aot_eager")
+    batches = _batches(2)
+    got, expected = _train(compiled, batches), _train(eager, batches)
+    assert _compile_counts() == (0, 1)
+    for step_got, step_expected in zip(got, expected):
+        for name in step_expected:
+            torch.testing.assert_close(step_got[name], step_expected[name], rtol=1e-5, atol=1e-6)
+    other = _train(_net("sign_symmetry", "mean_abs"), batches[:1])[0]["input"]
+    assert not torch.allclose(got[0]["input"], other, rtol=1e-3, atol=1e-5)  # the scale acted
 
 
 def test_a_checkpoint_restores_the_feedback_of_a_compiled_model_without_recompiling(tmp_path):

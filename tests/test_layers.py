@@ -120,6 +120,30 @@ def test_sign_symmetry_feedback_follows_weight():
     torch.testing.assert_close(fc.feedback_weight(), torch.sign(fc.weight) * 0.5)
 
 
+def test_rms_scale_gives_feedback_the_norm_of_the_weight():
+    torch.manual_seed(0)
+    conv = bd.convert_model(nn.Conv2d(3, 16, 3), "sign_symmetry", scale="rms")
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) * 3)  # not one size: rms != mean |W|
+    w = conv.weight.detach().double()
+    rms = (w**2).sum().sqrt() / w.numel() ** 0.5
+    torch.testing.assert_close(conv.feedback_weight().double(), torch.sign(w) * rms)
+    assert torch.linalg.vector_norm(conv.feedback_weight()).item() == pytest.approx(
+        torch.linalg.vector_norm(w).item(), rel=1e-5
+    )
+    assert rms.item() > 1.1 * w.abs().mean().item()
+    # The input gradient goes through sign(W) * rms: the transposed conv with that weight.
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    g = torch.randn(2, 16, 7, 7)
+    conv(x).backward(g)
+    expected = torch.nn.grad.conv2d_input(x.shape, (torch.sign(w) * rms).float(), g)
+    torch.testing.assert_close(x.grad, expected)
+    fa = bd.convert_model(nn.Linear(400, 300), "feedback_alignment", scale="rms")
+    assert fa.feedback.std().item() == pytest.approx(
+        fa.weight.detach().pow(2).mean().sqrt().item(), rel=0.02
+    )
+
+
 def test_fixed_rules_formulas():
     torch.manual_seed(0)
     w0 = nn.Conv2d(8, 16, 3)

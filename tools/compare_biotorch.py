@@ -21,7 +21,7 @@ scales is that ("kaiming" is sqrt(2 / fan_out) for a conv, 1 / sqrt(fan_in) for 
 so by default (``--our-scale biotorch``) each of our layers gets that number as its scale option,
 through the one conversion (``convert_layers`` with one rule object per layer): usf is then the
 same B exactly, fa a B ~ N(0, s^2) of the same s (normal, not uniform). ``--our-scale`` also takes
-any of our scales ("kaiming", "mean_abs", a number) for all layers.
+any of our scales ("kaiming", "mean_abs", "rms", a number) for all layers.
 
 **Same network, same data, same schedule.** One torchvision model is built from the seed and
 copied for every variant, so all start from the same weights (biotorch converts with
@@ -102,7 +102,7 @@ def convert_ours(model: nn.Module, rule: str, our_scale, seed: int) -> nn.Module
 
     Args:
         our_scale: "biotorch" (each layer's scale is :func:`biotorch_scale` of its weight) or one
-            of our scale options for every layer ("kaiming", "mean_abs", a number).
+            of our scale options for every layer ("kaiming", "mean_abs", "rms", a number).
         seed: our rules' seed (fa's random B per layer).
     """
     name = RULES[rule][0]
