@@ -461,6 +461,8 @@ def _write_run(folder, rule, layers=30, alignment=True, ap_key="bbox/AP"):
                 for d, name in enumerate(names):
                     r[f"alignment/{name}/grad_angle"] = 80 * math.exp(-k / 5) * (1 - d / len(names))
                     r[f"alignment/{name}/weight_angle"] = 90 - k * d / len(names)
+                    if name != "head.cls_score":  # on backprop: not logged
+                        r[f"alignment/{name}/grad_norm_ratio"] = 10 ** (d / 10 - 2) * (1 + k)
                     if k == 0:
                         r[f"alignment/{name}/order"] = d
                 r["alignment/mean/grad_angle"] = 40 * math.exp(-k / 5)

@@ -8,9 +8,10 @@ Reads each run's metrics.json (detectron2's JSONWriter: one JSON object per line
 (its MODEL.BIO.RULE labels the run; the folder name when there is none), and writes PNGs into the
 first OUTPUT_DIR, or DIR:
 
-* ``alignment_<run>.png`` per run: every converted layer's ``grad_angle`` and ``weight_angle``
-  over iterations (logged with MODEL.BIO.ALIGNMENT.PERIOD > 0), as curves coloured from input to
-  output, with the mean over layers, and as a layer x iteration heat map;
+* ``alignment_<run>.png`` per run: every converted layer's ``grad_angle``, ``weight_angle`` and
+  ``grad_norm_ratio`` (the size of its update over backprop's, on a log scale) over iterations
+  (logged with MODEL.BIO.ALIGNMENT.PERIOD > 0), as curves coloured from input to output, with the
+  mean over layers, and as a layer x iteration heat map;
 * ``curves_<run>[_vs_<run>...].png``: the training loss (``total_loss``) and the evaluation
   metric (``bbox/AP``, or top-1 accuracy for classification; ``--metric`` to choose) of all runs,
   side by side, each run labelled by its rule.
@@ -35,9 +36,11 @@ with needs_extra("plot", "tools/plot_alignment.py"):
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# (metric, title, unit, log scale, the value that means "as backprop's" or "unrelated")
 LAYER_PLOTS = (
-    ("grad_angle", "gradient angle to backprop (deg)"),
-    ("weight_angle", "angle W vs B (deg)"),
+    ("grad_angle", "gradient angle to backprop (deg)", "degrees", False, 90.0),
+    ("weight_angle", "angle W vs B (deg)", "degrees", False, 90.0),
+    ("grad_norm_ratio", "update size / backprop's", "ratio", True, 1.0),
 )
 # Evaluation metrics looked for, in this order, when --metric is not given.
 EVAL_METRICS = (
@@ -154,9 +157,13 @@ def plot_layers(run, out_dir):
     cmap = plt.get_cmap("viridis")
     colors = [cmap(i / max(len(layers) - 1, 1)) for i in range(len(layers))]
     fig, axes = plt.subplots(
-        2, 2, figsize=(13, 8.5), gridspec_kw=dict(height_ratios=[1, 1.15]), squeeze=False
+        2,
+        len(LAYER_PLOTS),
+        figsize=(6.5 * len(LAYER_PLOTS), 8.5),
+        gridspec_kw=dict(height_ratios=[1, 1.15]),
+        squeeze=False,
     )
-    for col, (metric, title) in enumerate(LAYER_PLOTS):
+    for col, (metric, title, unit, log, reference) in enumerate(LAYER_PLOTS):
         ax, ax_map = axes[0][col], axes[1][col]
         series = [run.series(f"alignment/{name}/{metric}") for name in layers]
         if not any(len(it) for it, _ in series):
@@ -168,8 +175,10 @@ def plot_layers(run, out_dir):
             ax.plot(it, val, color=color, lw=0.9, alpha=0.85, **_markers(it))
         it, val = run.series(f"alignment/mean/{metric}")
         ax.plot(it, val, color="black", lw=2.2, ls="--", label="mean over layers", **_markers(it))
-        ax.axhline(90, color="grey", lw=0.6, ls=":")
-        ax.set(title=title, xlabel="iteration", ylabel="degrees")
+        ax.axhline(reference, color="grey", lw=0.6, ls=":")
+        ax.set(title=title, xlabel="iteration", ylabel=unit)
+        if log:
+            ax.set_yscale("log")
         ax.legend(loc="upper right", fontsize=8)
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(layers) - 1))
         bar = fig.colorbar(sm, ax=ax, pad=0.01)
@@ -182,11 +191,21 @@ def plot_layers(run, out_dir):
         grid = np.full((len(layers), len(iters)), np.nan)
         for row, (it, val) in enumerate(series):
             grid[row, [column[i] for i in it]] = val
-        vmax = max(90.0, float(np.nanmax(grid)))
-        image = ax_map.imshow(
-            grid, aspect="auto", interpolation="nearest", cmap="magma", vmin=0, vmax=vmax
-        )
-        fig.colorbar(image, ax=ax_map, pad=0.01).set_label("degrees", fontsize=8)
+        if log:  # a ratio: 1 in the middle of the colours, as far below as above
+            positive = grid[grid > 0]
+            span = float(np.abs(np.log10(positive)).max()) if positive.size else 1.0
+            span = max(span, 0.1)
+            scale = matplotlib.colors.LogNorm(vmin=10**-span, vmax=10**span)
+            grid = np.where(grid > 0, grid, np.nan)
+            image = ax_map.imshow(
+                grid, aspect="auto", interpolation="nearest", cmap="coolwarm", norm=scale
+            )
+        else:
+            vmax = max(reference, float(np.nanmax(grid)))
+            image = ax_map.imshow(
+                grid, aspect="auto", interpolation="nearest", cmap="magma", vmin=0, vmax=vmax
+            )
+        fig.colorbar(image, ax=ax_map, pad=0.01).set_label(unit, fontsize=8)
         step = max(1, math.ceil(len(layers) / 40))
         ax_map.set_yticks(range(0, len(layers), step))
         ax_map.set_yticklabels(layers[::step], fontsize=max(4, 8 - len(layers) // 15))
