@@ -195,16 +195,12 @@ def plot_layers(run, out_dir):
             positive = grid[grid > 0]
             span = float(np.abs(np.log10(positive)).max()) if positive.size else 1.0
             span = max(span, 0.1)
-            scale = matplotlib.colors.LogNorm(vmin=10**-span, vmax=10**span)
+            norm, colours = matplotlib.colors.LogNorm(10**-span, 10**span), "coolwarm"
             grid = np.where(grid > 0, grid, np.nan)
-            image = ax_map.imshow(
-                grid, aspect="auto", interpolation="nearest", cmap="coolwarm", norm=scale
-            )
         else:
-            vmax = max(reference, float(np.nanmax(grid)))
-            image = ax_map.imshow(
-                grid, aspect="auto", interpolation="nearest", cmap="magma", vmin=0, vmax=vmax
-            )
+            norm = matplotlib.colors.Normalize(0, max(reference, float(np.nanmax(grid))))
+            colours = "magma"
+        image = ax_map.imshow(grid, aspect="auto", interpolation="nearest", cmap=colours, norm=norm)
         fig.colorbar(image, ax=ax_map, pad=0.01).set_label(unit, fontsize=8)
         step = max(1, math.ceil(len(layers) / 40))
         ax_map.set_yticks(range(0, len(layers), step))

@@ -102,8 +102,7 @@ def feedback_scale(scale, weight: torch.Tensor):
     if scale == "mean_abs":
         return weight.detach().abs().mean()
     if scale == "rms":
-        w = weight.detach()
-        return (torch.linalg.vector_norm(w, dtype=torch.float32) / math.sqrt(w.numel())).to(w.dtype)
+        return torch.linalg.vector_norm(weight.detach()) / math.sqrt(weight.numel())
     return float(scale)
 
 
