@@ -613,9 +613,8 @@ def _two_process_worker(config, root, output_dir):
 def test_two_processes_have_the_same_b_and_train_the_same_classifier(tmp_path):
     """default_setup seeds each process differently: only B made from (seed, layer name) and
     rank 0's broadcast weights can make the two agree."""
-    from detectron2.engine import launch
-
     from bio_detectron.data import classification_folder
+    from bio_detectron.engine import launch
 
     root = classification_folder(
         "shapes", root=str(tmp_path / "data"), image_size=32, num_train_per_class=4,

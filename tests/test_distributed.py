@@ -224,9 +224,8 @@ def pretrained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def agreement(tmp_path_factory, pretrained):
-    from detectron2.engine import launch
-
     from bio_detectron.data import classification_folder
+    from bio_detectron.engine import launch
 
     root = classification_folder(
         "shapes", root=str(tmp_path_factory.mktemp("cls")), image_size=32,
@@ -308,8 +307,9 @@ def _ddp_feedback_worker(checkpoint, output_dir):
 def test_ddp_wrapping_makes_feedback_from_the_broadcast_weights_and_keeps_a_checkpoints(
     tmp_path, monkeypatch
 ):
-    from detectron2.engine import launch
     from torch import nn
+
+    from bio_detectron.engine import launch
 
     torch.manual_seed(9)
     trained = bd.convert_model(nn.Linear(5, 3), "kolen_pollack")
@@ -333,6 +333,58 @@ def test_ddp_wrapping_makes_feedback_from_the_broadcast_weights_and_keeps_a_chec
     # A checkpoint's (trained) feedback is kept, not made again from W.
     assert torch.equal(rank0["restored"], trained.feedback.detach())
     assert torch.equal(rank1["restored"], trained.feedback.detach())
+
+
+def _return_group_size(record):
+    import torch.distributed as dist
+
+    record.append(dist.get_world_size())
+    return "done"
+
+
+def _raise_in_group():
+    raise ValueError("a failing training")
+
+
+def test_a_launched_process_leaves_its_group_when_its_work_returns_or_raises(tmp_path):
+    # detectron2's worker exits with the group open; with gloo a process can then abort
+    # ("terminate called without an active exception") after its work was done.
+    import torch.distributed as dist
+
+    from bio_detectron.engine.launcher import run_then_leave_group
+
+    for i, (work, args) in enumerate([(_return_group_size, ([],)), (_raise_in_group, ())]):
+        store = f"file://{tmp_path}/store{i}"
+        dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+        try:
+            if work is _raise_in_group:
+                with pytest.raises(ValueError, match="a failing training"):
+                    run_then_leave_group(work, args)
+            else:
+                run_then_leave_group(work, args)
+                assert args[0] == [1]  # it ran inside the group
+            assert not dist.is_initialized()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def test_one_process_launch_returns_the_result_and_makes_no_group():
+    import torch.distributed as dist
+
+    from bio_detectron.engine import launch
+
+    assert launch(max, 1, args=(3, 7)) == 7  # detectron2's own launch returns None here
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "tool", ["train_net", "lazyconfig_train_net", "train_imagenet", "heldout_digits"]
+)
+def test_every_tool_starts_its_processes_with_our_launch(load_tool, tool):
+    from bio_detectron.engine import launch
+
+    assert load_tool(tool).launch is launch
 
 
 def test_fixed_random_feedback_follows_seed_and_name(agreement):

@@ -581,16 +581,11 @@ def _train_and_gather_hashes(args, result_file):
     if comm.is_main_process():
         with open(result_file, "w") as f:
             json.dump(gathered, f)
-    # Both processes leave the group before they exit: a process that exited with gloo's threads
-    # still running aborted ("terminate called without an active exception") in two of our
-    # clean-clone runs, each beside a training run.
-    comm.synchronize()
-    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_process_cpu_launch_keeps_parameters_and_feedback_in_step(tmp_path):
-    from detectron2.engine import launch
+    from bio_detectron.engine import launch
 
     out, result_file = str(tmp_path), str(tmp_path / "digests.json")
     args = _args(

@@ -25,11 +25,12 @@ import sys
 
 import numpy as np
 from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from PIL import Image
 
 from bio_detectron.data.cache import dataset_dir, generate_once
 from bio_detectron.data.photos import background_crop
+from bio_detectron.engine.launcher import launch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_net  # noqa: E402  (tools/train_net.py, beside this file)

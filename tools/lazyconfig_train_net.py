@@ -16,11 +16,12 @@ learning rules: detectron2's tools/lazyconfig_train_net.py with bio_detectron's 
 train.device "cuda" on a machine without CUDA is an error; train.device=cpu trains on the CPU.
 """
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bio_detectron  # noqa: F401  (registers the datasets)
+from bio_detectron.engine.launcher import launch
 from bio_detectron.engine.lazy import LazyTrainer, do_train, load_lazy_config
 
 

@@ -14,12 +14,13 @@ processes (gloo).
 """
 
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from bio_detectron.config import add_bio_config, add_classification_config, check_model_device
 from bio_detectron.engine.classification import ClassificationTrainer, build_classification_trainer
+from bio_detectron.engine.launcher import launch
 
 
 def setup(args):

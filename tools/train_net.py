@@ -9,13 +9,13 @@ Train and evaluate detectron2 models with biologically-plausible learning rules.
 """
 
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bio_detectron  # noqa: F401  (registers backbones, heads, meta-architectures, datasets)
 from bio_detectron.config import add_bio_config, check_model_device
-from bio_detectron.engine import BioTrainer
+from bio_detectron.engine import BioTrainer, launch
 
 
 def setup(args):

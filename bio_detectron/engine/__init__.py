@@ -4,6 +4,7 @@ classification (:class:`ClassificationTrainer`, ``tools/train_imagenet.py``) and
 (:class:`LazyTrainer`, ``tools/lazyconfig_train_net.py``). All three are a
 :class:`BioTrainerBase`: detectron2's DefaultTrainer composition, with an inner step trainer
 chosen by precision (:func:`amp_precision`) and bio_detectron's hooks from :func:`add_bio_hooks`.
+The tools start their processes with :func:`launch`.
 """
 
 from .alignment_hook import AlignmentHook, build_alignment_hook
@@ -17,6 +18,7 @@ from .classification import (
 )
 from .ddp import create_ddp_model, unwrap_model
 from .hooks import FiniteLossCheck, add_bio_hooks, add_bio_hooks_from_cfg
+from .launcher import launch
 from .lazy import LazyTrainer, build_lazy_trainer, do_train, load_lazy_config
 from .mirror_hook import WeightMirrorHook, build_weight_mirror_hook, weight_mirror_hook
 from .trainer import BioTrainer
@@ -42,6 +44,7 @@ __all__ = [
     "create_ddp_model",
     "do_train",
     "evaluate_classifier",
+    "launch",
     "load_lazy_config",
     "unwrap_model",
     "weight_mirror_hook",
