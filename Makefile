@@ -36,7 +36,7 @@ demo: install
 
 # The seed paper's protocol on the photos set (docs/usage.md): per rule, pre-train ResNet-18 with
 # it, detect from that backbone, and from scratch with the same compute; one table.
-PROTOCOL_RULES ?= backprop sign_symmetry kolen_pollack feedback_alignment weight_mirror
+PROTOCOL_RULES ?= backprop sign_symmetry sign_symmetry_bm kolen_pollack feedback_alignment weight_mirror
 protocol: install
 	$(PY) tools/protocol.py --rules $(PROTOCOL_RULES) --iters 1600 --pretrain-iters 1600 \
 		--output-dir output/protocol
