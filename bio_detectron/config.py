@@ -200,6 +200,14 @@ def add_bio_config(cfg):
     _C.SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN = False
     _C.SOLVER.BIO.LAST_LAYER_NO_SIGN_CHANGE = False
     _C.SOLVER.BIO.LAST_LAYER_LR = 0.0
+    # Weight decay that follows the schedule's length. When > 0, SOLVER.WEIGHT_DECAY (and
+    # WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS) are the decays of runs of up to this many iterations,
+    # and a longer run of SOLVER.MAX_ITER iterations uses them times
+    # WEIGHT_DECAY_REFERENCE_ITER / MAX_ITER: lr x decay x iterations, how far the decay shrinks
+    # the weights over the run, stays the same (bio_detectron.solver.schedule_weight_decay). It
+    # is resolved against MAX_ITER as configured, before detectron2's SOLVER.REFERENCE_WORLD_SIZE
+    # rescales lr and MAX_ITER. 0: the decays as given, whatever the length.
+    _C.SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER = 0
 
 
 def add_classification_config(cfg):

@@ -31,6 +31,8 @@ __all__ = [
     "build_bio_optimizer",
     "check_trained_feedback",
     "last_layer_parameters",
+    "schedule_weight_decay",
+    "weight_decay_for_schedule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,75 @@ def last_layer_parameters(model: nn.Module) -> Dict[nn.Parameter, str]:
     return params
 
 
+def schedule_weight_decay(cfg):
+    """
+    Resolve ``SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER``: with R > 0, ``SOLVER.WEIGHT_DECAY``,
+    ``WEIGHT_DECAY_NORM`` and ``WEIGHT_DECAY_BIAS`` (where set) are the decays of runs of up to R
+    iterations, and a longer run of ``SOLVER.MAX_ITER`` iterations gets them times R / MAX_ITER,
+    so that lr x decay x iterations stays what it is at R iterations. Shorter runs keep them (a
+    stronger decay was not found to help a shorter run: docs/results.md, "Weight decay and the
+    budget").
+
+    Returns:
+        CfgNode: ``cfg`` itself when R is 0; else a copy (frozen if ``cfg`` was) with the decays
+        for MAX_ITER and R set to 0, so that resolving it again changes nothing.
+    """
+    s = cfg.SOLVER
+    key = "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER"
+    reference = validate.nonnegative_int(s.BIO.WEIGHT_DECAY_REFERENCE_ITER, key)
+    if reference == 0:
+        return cfg
+    if not (isinstance(s.MAX_ITER, int) and s.MAX_ITER > 0):
+        raise ValueError(
+            f"{key}={reference} scales the weight decay by {reference} / SOLVER.MAX_ITER, but "
+            f"SOLVER.MAX_ITER={s.MAX_ITER!r}: set it to the run's length (an integer > 0), or "
+            f"{key} to 0"
+        )
+    factor = weight_decay_for_schedule(1.0, reference, s.MAX_ITER)
+    frozen = cfg.is_frozen()
+    cfg = cfg.clone()
+    cfg.defrost()
+    decays = {}
+    for name in ("WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "WEIGHT_DECAY_BIAS"):
+        value = cfg.SOLVER.get(name)
+        if value is not None:  # WEIGHT_DECAY_BIAS None: WEIGHT_DECAY's, scaled with it
+            validate.nonnegative_number(value, f"SOLVER.{name}", "no weight decay")
+            cfg.SOLVER[name] = value * factor
+            decays[name] = f"{value:g} -> {cfg.SOLVER[name]:g}"
+    cfg.SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER = 0  # resolved: a later MAX_ITER leaves it
+    if frozen:
+        cfg.freeze()
+    if factor != 1.0:
+        logger.info(
+            "Weight decay for %d iterations (%s=%d): %s",
+            s.MAX_ITER, key, reference, ", ".join(f"SOLVER.{k} {v}" for k, v in decays.items()),
+        )  # fmt: skip
+    return cfg
+
+
+def weight_decay_for_schedule(weight_decay: float, reference_iter: int, max_iter: int) -> float:
+    """
+    ``weight_decay`` of runs of up to ``reference_iter`` iterations, for a run of ``max_iter``:
+    times ``reference_iter / max_iter`` when the run is longer, unchanged otherwise (the rule of
+    ``SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER``, :func:`schedule_weight_decay`). In a LazyConfig,
+    the optimizer's decay can follow ``train.max_iter`` the same way::
+
+        optimizer.weight_decay = L(weight_decay_for_schedule)(
+            weight_decay=0.05, reference_iter=800, max_iter="${train.max_iter}"
+        )
+    """
+    validate.nonnegative_number(weight_decay, "weight_decay", "no weight decay")
+    if (
+        isinstance(reference_iter, bool)
+        or not isinstance(reference_iter, int)
+        or reference_iter < 1
+    ):
+        raise ValueError(f"reference_iter={reference_iter!r}: must be an integer >= 1")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r}: must be an integer >= 1 (the run's length)")
+    return weight_decay * min(1.0, reference_iter / max_iter)
+
+
 def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """
     The optimizer of ``SOLVER.BIO`` (see :func:`bio_detectron.add_bio_config`).
@@ -69,9 +140,13 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     ``OPTIMIZER`` is "BatchManhattanSGD", no sign change by ``NO_SIGN_CHANGE``); biases never get
     no sign change. Gradient clipping (``SOLVER.CLIP_GRADIENTS``) applies as in detectron2.
 
+    The weight decays are those of :func:`schedule_weight_decay` (scaled to ``SOLVER.MAX_ITER``
+    when ``SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER`` > 0).
+
     Args:
         model: the model before it is wrapped in DistributedDataParallel.
     """
+    cfg = schedule_weight_decay(cfg)
     s = cfg.SOLVER.BIO
     validate.one_of(s.OPTIMIZER, OPTIMIZERS, "SOLVER.BIO.OPTIMIZER")
     validate.nonnegative_number(s.LAST_LAYER_LR, "SOLVER.BIO.LAST_LAYER_LR", "SOLVER.BASE_LR")

@@ -142,3 +142,25 @@ def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule
         assert torch.equal(after, saved["model"][key])
     else:
         assert not torch.equal(after, saved["model"][key])
+
+
+@pytest.mark.slow
+def test_bio_trainer_sets_the_decay_of_the_configured_schedule_before_scaling_to_the_workers(
+    tmp_path,
+):
+    # REFERENCE_WORLD_SIZE 2 in one process: detectron2 halves the batch and the lr and doubles
+    # MAX_ITER; lr x decay x iterations is then unchanged only with the decay of the 4 configured
+    # iterations (0.05 x 2 / 4), not of the 8 scaled ones.
+    cfg = _cfg(
+        "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
+        "SOLVER.REFERENCE_WORLD_SIZE", 2, "SOLVER.WEIGHT_DECAY", 0.05,
+        "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER", 2, "DATASETS.TEST", (),
+        "OUTPUT_DIR", str(tmp_path),
+    )  # fmt: skip
+    trainer = BioTrainer(cfg)
+    assert (trainer.cfg.SOLVER.MAX_ITER, trainer.cfg.SOLVER.IMS_PER_BATCH) == (8, 1)
+    conv = trainer.model.head.cls_subnet[0].weight
+    groups = trainer.optimizer.param_groups
+    (decay,) = [g["weight_decay"] for g in groups if any(p is conv for p in g["params"])]
+    assert decay == pytest.approx(0.05 * 2 / 4, rel=1e-12)
+    assert trainer.cfg.SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER == 0  # resolved once

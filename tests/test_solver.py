@@ -2,13 +2,20 @@
 
 import pytest
 import torch
-from detectron2.config import get_cfg
+from detectron2.config import LazyCall as L
+from detectron2.config import get_cfg, instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 import bio_detectron as bd
 from bio_detectron.config import add_bio_config
 from bio_detectron.core.optim import BatchManhattanSGD
-from bio_detectron.solver import build_bio_optimizer, check_trained_feedback
+from bio_detectron.solver import (
+    build_bio_optimizer,
+    check_trained_feedback,
+    schedule_weight_decay,
+    weight_decay_for_schedule,
+)
 
 LR, LAST_LR, WD, MU = 0.1, 0.5, 0.01, 0.9
 
@@ -181,3 +188,91 @@ def test_bad_options_are_named():
         build_bio_optimizer(
             _cfg("SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN", True), nn.Sequential(nn.Linear(2, 2))
         )
+
+
+def _decays(optimizer, model):
+    """The weight decay of each parameter, by name."""
+    by_id = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    return {name: by_id[id(p)] for name, p in model.named_parameters()}
+
+
+class Normed(nn.Module):
+    """A layer, a GroupNorm (SOLVER.WEIGHT_DECAY_NORM) and a last layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.norm = nn.GroupNorm(2, 4)
+        self.classifier = nn.Linear(4, 2)
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "BatchManhattanSGD"])
+def test_weight_decay_follows_the_schedule_past_its_reference_length(optimizer):
+    model = Normed()
+    # detectron2's groups: biases (a norm's too) WEIGHT_DECAY_BIAS, norm weights WEIGHT_DECAY_NORM.
+    decays = {"body.weight": WD, "body.bias": 0.004, "norm.weight": 0.002, "norm.bias": 0.004}
+    decays["classifier.weight"], decays["classifier.bias"] = WD, 0.004
+    opts = ["SOLVER.BIO.OPTIMIZER", optimizer, "SOLVER.WEIGHT_DECAY_NORM", 0.002,
+            "SOLVER.WEIGHT_DECAY_BIAS", 0.004]  # fmt: skip
+    cases = ((800, 1600, 0.5), (800, 3200, 0.25), (1000, 3000, 1 / 3), (800, 800, 1.0),
+             (800, 200, 1.0), (0, 3200, 1.0))  # fmt: skip
+    for reference, max_iter, factor in cases:
+        cfg = _cfg(*opts, "SOLVER.MAX_ITER", max_iter,
+                   "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER", reference)  # fmt: skip
+        got = _decays(build_bio_optimizer(cfg, model), model)
+        want = {name: value * factor for name, value in decays.items()}
+        assert got == pytest.approx(want, rel=1e-12), (reference, max_iter)
+
+    # WEIGHT_DECAY_BIAS None follows WEIGHT_DECAY, scaled with it; resolving twice = once.
+    cfg = _cfg("SOLVER.MAX_ITER", 1600, "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER", 800)
+    cfg.SOLVER.WEIGHT_DECAY_BIAS = None
+    once = schedule_weight_decay(cfg)
+    assert once.SOLVER.WEIGHT_DECAY == WD / 2 and once.SOLVER.WEIGHT_DECAY_BIAS is None
+    assert cfg.SOLVER.WEIGHT_DECAY == WD  # the caller's config is left alone
+    assert schedule_weight_decay(once).SOLVER.WEIGHT_DECAY == WD / 2
+    assert _decays(build_bio_optimizer(once, model), model)["body.bias"] == WD / 2
+
+
+def test_a_resolved_decay_stays_when_max_iter_changes_later():
+    # As detectron2's REFERENCE_WORLD_SIZE changes MAX_ITER after the trainer resolved the decay.
+    for max_iter in (400, 1600):
+        cfg = schedule_weight_decay(
+            _cfg("SOLVER.MAX_ITER", max_iter, "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER", 800)
+        )
+        decay = cfg.SOLVER.WEIGHT_DECAY
+        cfg.SOLVER.MAX_ITER = 8 * max_iter
+        assert (
+            schedule_weight_decay(cfg).SOLVER.WEIGHT_DECAY == decay == WD * min(1, 800 / max_iter)
+        )
+
+
+def test_a_lazyconfig_decay_follows_train_max_iter():
+    cfg = OmegaConf.create(
+        {
+            "train": {"max_iter": 3200},
+            "optimizer": L(torch.optim.SGD)(
+                params=[nn.Parameter(torch.zeros(1))],
+                lr=0.1,
+                weight_decay=L(weight_decay_for_schedule)(
+                    weight_decay=0.05, reference_iter=800, max_iter="${train.max_iter}"
+                ),
+            ),
+        }
+    )
+    assert instantiate(cfg.optimizer).param_groups[0]["weight_decay"] == 0.0125
+    cfg.train.max_iter = 400  # shorter than the reference: the decay as given
+    assert instantiate(cfg.optimizer).param_groups[0]["weight_decay"] == 0.05
+    with pytest.raises(ValueError, match="max_iter=0: must be an integer >= 1"):
+        weight_decay_for_schedule(0.05, 800, 0)
+    with pytest.raises(ValueError, match="reference_iter=0: must be an integer >= 1"):
+        weight_decay_for_schedule(0.05, 0, 800)
+
+
+def test_bad_weight_decay_schedules_are_named():
+    key = "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER"
+    with pytest.raises(ValueError, match=f"{key}=-800: must be an integer >= 0"):
+        schedule_weight_decay(_cfg(key, -800))
+    with pytest.raises(ValueError, match=f"{key}=800 .* but SOLVER.MAX_ITER=0"):
+        schedule_weight_decay(_cfg(key, 800, "SOLVER.MAX_ITER", 0))
+    with pytest.raises(ValueError, match="SOLVER.WEIGHT_DECAY=-0.1: must be a number >= 0"):
+        schedule_weight_decay(_cfg(key, 800, "SOLVER.MAX_ITER", 1600, "SOLVER.WEIGHT_DECAY", -0.1))

@@ -10,7 +10,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import CheckedDatasetMapper, ensure_dataset_files
 from ..evaluation import build_evaluator, check_evaluator
-from ..solver import build_bio_optimizer
+from ..solver import build_bio_optimizer, schedule_weight_decay
 from .base import BioTrainerBase
 from .ddp import sync_batchnorm_if_distributed
 
@@ -38,6 +38,9 @@ class BioTrainer(BioTrainerBase):
     def __init__(self, cfg):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        # The decay for the schedule as configured: auto_scale_workers then changes lr and
+        # MAX_ITER inversely, which keeps lr x decay x iterations.
+        cfg = schedule_weight_decay(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
