@@ -30,11 +30,18 @@ from bio_detectron.engine.lazy import (
     build_lazy_trainer,
     load_lazy_config,
 )
+from bio_detectron.solver import schedule_weight_decay
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 QUICK = "quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test"
 sys.path.insert(0, os.path.join(REPO, "tools"))
+
+
+def _decay(cfg):
+    """The optimizer's weight decay, made (for a decay that follows train.max_iter) or as set."""
+    decay = cfg.optimizer.weight_decay
+    return instantiate(decay) if hasattr(decay, "keys") and "_target_" in decay else decay
 
 
 def lazy(name, *opts):
@@ -294,9 +301,9 @@ def test_lazy_config_builds_the_model_of_its_yacs_twin(batch, name, forward):
         assert {k: v.item() for k, v in losses.items()} == {k: v.item() for k, v in ylosses.items()}
     # The data and schedule settings the yacs config sets.
     s, t = ycfg.SOLVER, cfg.dataloader.train
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (
+    assert (cfg.optimizer.lr, _decay(cfg), cfg.optimizer.momentum) == (
         s.BASE_LR,
-        s.WEIGHT_DECAY,
+        schedule_weight_decay(ycfg).SOLVER.WEIGHT_DECAY,
         s.MOMENTUM,
     )
     assert (t.total_batch_size, cfg.train.max_iter) == (s.IMS_PER_BATCH, s.MAX_ITER)
@@ -373,11 +380,16 @@ def test_shapes_configs_match_the_demo_schedule():
         )
         assert cfg.train.output_dir == ycfg.OUTPUT_DIR
     s = ycfg.SOLVER
-    assert (
-        cfg.optimizer.lr,
-        cfg.optimizer.weight_decay,
-        cfg.optimizer.params.weight_decay_bias,
-    ) == (s.BASE_LR, s.WEIGHT_DECAY, s.WEIGHT_DECAY_BIAS)
+    assert (cfg.optimizer.lr, cfg.optimizer.params.weight_decay_bias) == (
+        s.BASE_LR,
+        s.WEIGHT_DECAY_BIAS,
+    )
+    # The decay of the configured length (0.05 at 800), and of longer runs, which follow it alike.
+    assert _decay(cfg) == schedule_weight_decay(ycfg).SOLVER.WEIGHT_DECAY == 0.05
+    for max_iter, decay in ((1600, 0.025), (3200, 0.0125)):
+        longer, ylonger = copy.deepcopy(cfg), ycfg.clone()
+        longer.train.max_iter = ylonger.SOLVER.MAX_ITER = max_iter
+        assert _decay(longer) == schedule_weight_decay(ylonger).SOLVER.WEIGHT_DECAY == decay
     assert (cfg.train.max_iter, cfg.dataloader.train.total_batch_size) == (
         s.MAX_ITER,
         s.IMS_PER_BATCH,

@@ -9,6 +9,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
+from bio_detectron.solver import weight_decay_for_schedule
+
 from .bio_retinanet import dataloader, model, optimizer, train
 
 # --- The model ---
@@ -41,8 +43,11 @@ dataloader.train.num_workers = dataloader.test.num_workers = 0
 
 # --- Schedule: 800 iterations, lr 0.02 with cosine decay to 0 after 50 warm-up iterations ---
 optimizer.lr = 0.02
-# Strong weight decay, not on biases (the classifier's prior): see Base-Shapes.yaml.
-optimizer.weight_decay = 0.05
+# Strong weight decay, not on biases (the classifier's prior), for runs of up to 800 iterations;
+# a longer train.max_iter scales it by 800 / max_iter (Base-Shapes.yaml, SOLVER.BIO).
+optimizer.weight_decay = L(weight_decay_for_schedule)(
+    weight_decay=0.05, reference_iter=800, max_iter="${train.max_iter}"
+)
 optimizer.params.weight_decay_bias = 0.0
 train.max_iter = 800
 # bfloat16 autocast on a CPU with native bfloat16, float16 on CUDA (Base-Shapes.yaml).

@@ -23,6 +23,10 @@ from bio_detectron.solver import bio_param_groups
 
 from .bio_shapes import dataloader, lr_multiplier, model, optimizer, train
 
+# The ViT recipe was measured with a weight decay of 0.05 at every length (docs/results.md, "A
+# ViTDet-style detector"), not with the R18 configs' decay that follows train.max_iter.
+optimizer.weight_decay = 0.05
+
 # --- The backbone: a ViT-Tiny-like plain ViT (ViT-Ti's width and heads, half its depth) ---
 # 160 px images at patch 16: one 10x10 map of tokens, stride 16. The simple feature pyramid makes
 # P3-P5 of it (x2 by a transposed convolution, x1, x0.5 by max pooling) and P6/P7 of P5, the
