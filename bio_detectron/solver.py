@@ -115,14 +115,10 @@ def weight_decay_for_schedule(weight_decay: float, reference_iter: int, max_iter
         )
     """
     validate.nonnegative_number(weight_decay, "weight_decay", "no weight decay")
-    if (
-        isinstance(reference_iter, bool)
-        or not isinstance(reference_iter, int)
-        or reference_iter < 1
-    ):
-        raise ValueError(f"reference_iter={reference_iter!r}: must be an integer >= 1")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter={max_iter!r}: must be an integer >= 1 (the run's length)")
+    for name, value, what in (("reference_iter", reference_iter, ""),
+                              ("max_iter", max_iter, " (the run's length)")):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be an integer >= 1{what}")
     return weight_decay * min(1.0, reference_iter / max_iter)
 
 
