@@ -144,6 +144,23 @@ def test_classification_checkpoint_holds_b_and_resume_restores_it(tmp_path, rule
         assert not torch.equal(after, saved["model"][key])
 
 
+def test_auto_scale_workers_scales_the_last_layer_lr_like_the_base_lr():
+    path = "configs/Shapes-Detection/retinanet_R_18_FPN_sign_symmetry_bm.yaml"
+    cfg = _cfg(path, "SOLVER.REFERENCE_WORLD_SIZE", 2)
+    cfg.freeze()
+    base, last = cfg.SOLVER.BASE_LR, cfg.SOLVER.BIO.LAST_LAYER_LR
+    assert last > 0 and last != base
+    for workers in (1, 8):
+        scaled = BioTrainer.auto_scale_workers(cfg, workers)
+        assert scaled.SOLVER.BASE_LR == pytest.approx(base * workers / 2, rel=1e-12)
+        assert scaled.SOLVER.BIO.LAST_LAYER_LR == pytest.approx(last * workers / 2, rel=1e-12)
+        assert scaled.is_frozen()
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.BIO.LAST_LAYER_LR) == (base, last)  # left alone
+    assert BioTrainer.auto_scale_workers(cfg, 2) is cfg  # at the reference: unchanged
+    plain = _cfg(path, "SOLVER.REFERENCE_WORLD_SIZE", 2, "SOLVER.BIO.LAST_LAYER_LR", 0.0)
+    assert BioTrainer.auto_scale_workers(plain, 4).SOLVER.BIO.LAST_LAYER_LR == 0.0  # = BASE_LR's
+
+
 @pytest.mark.slow
 def test_bio_trainer_sets_the_decay_of_the_configured_schedule_before_scaling_to_the_workers(
     tmp_path,
@@ -155,7 +172,7 @@ def test_bio_trainer_sets_the_decay_of_the_configured_schedule_before_scaling_to
         "configs/quick_schedules/retinanet_R_18_FPN_sign_symmetry_instant_test.yaml",
         "SOLVER.REFERENCE_WORLD_SIZE", 2, "SOLVER.WEIGHT_DECAY", 0.05,
         "SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER", 2, "DATASETS.TEST", (),
-        "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.BIO.LAST_LAYER_LR", 0.04, "OUTPUT_DIR", str(tmp_path),
     )  # fmt: skip
     trainer = BioTrainer(cfg)
     assert (trainer.cfg.SOLVER.MAX_ITER, trainer.cfg.SOLVER.IMS_PER_BATCH) == (8, 1)
@@ -163,4 +180,9 @@ def test_bio_trainer_sets_the_decay_of_the_configured_schedule_before_scaling_to
     groups = trainer.optimizer.param_groups
     (decay,) = [g["weight_decay"] for g in groups if any(p is conv for p in g["params"])]
     assert decay == pytest.approx(0.05 * 2 / 4, rel=1e-12)
+    # The last layer's absolute lr is halved with BASE_LR (the schedule's lr, before warm-up).
+    last = trainer.model.head.cls_score.weight
+    (lr,) = [g["initial_lr"] for g in groups if any(p is last for p in g["params"])]
+    assert lr == pytest.approx(0.04 / 2, rel=1e-12)
+    assert trainer.cfg.SOLVER.BIO.LAST_LAYER_LR == pytest.approx(0.02, rel=1e-12)
     assert trainer.cfg.SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER == 0  # resolved once

@@ -41,7 +41,7 @@ class BioTrainer(BioTrainerBase):
         # The decay for the schedule as configured: auto_scale_workers then changes lr and
         # MAX_ITER inversely, which keeps lr x decay x iterations.
         cfg = schedule_weight_decay(cfg)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -50,6 +50,31 @@ class BioTrainer(BioTrainerBase):
             for name in cfg.DATASETS.TEST:  # fail now, not after training
                 check_evaluator(name)
         super().__init__(cfg, model, optimizer, data_loader)
+
+    @staticmethod
+    def auto_scale_workers(cfg, num_workers: int):
+        """
+        ``DefaultTrainer.auto_scale_workers`` (``SOLVER.REFERENCE_WORLD_SIZE``: batch and lr
+        times ``num_workers / REFERENCE_WORLD_SIZE``, iterations divided by it), and
+        ``SOLVER.BIO.LAST_LAYER_LR`` scaled like ``BASE_LR``: the last layer's lr is absolute,
+        not relative to ``BASE_LR``, so without it a batch-manhattan config's last layer would keep
+        the reference batch's lr at another batch size.
+        """
+        scaled = DefaultTrainer.auto_scale_workers(cfg, num_workers)
+        last_lr = cfg.SOLVER.BIO.LAST_LAYER_LR
+        if scaled is cfg or not last_lr:
+            return scaled
+        factor = num_workers / cfg.SOLVER.REFERENCE_WORLD_SIZE
+        frozen = scaled.is_frozen()
+        scaled.defrost()
+        scaled.SOLVER.BIO.LAST_LAYER_LR = last_lr * factor
+        if frozen:
+            scaled.freeze()
+        logging.getLogger(__name__).info(
+            f"SOLVER.BIO.LAST_LAYER_LR scaled with SOLVER.BASE_LR for {num_workers} workers: "
+            f"{last_lr:g} -> {scaled.SOLVER.BIO.LAST_LAYER_LR:g}"
+        )
+        return scaled
 
     def build_default_hooks(self):
         """DefaultTrainer's hooks (its EvalHook keeps the results in ``_last_eval_results``)."""
