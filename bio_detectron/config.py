@@ -200,6 +200,12 @@ def add_bio_config(cfg):
     _C.SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN = False
     _C.SOLVER.BIO.LAST_LAYER_NO_SIGN_CHANGE = False
     _C.SOLVER.BIO.LAST_LAYER_LR = 0.0
+    # Multiplies the weight decay of every parameter that steps by batch manhattan. Its step is
+    # lr x (sign(grad) + decay x W): with batch manhattan's small lr (3e-4 in the shapes
+    # configs) a decay shrinks W by lr x decay per step, some 70 times less than the same decay
+    # under SGD's lr (0.02). SGD's lr / batch manhattan's lr gives the same shrink per step as
+    # SGD's. 1: the seed code's step. Only with batch manhattan (an error otherwise).
+    _C.SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR = 1.0
     # Weight decay that follows the schedule's length. When > 0, SOLVER.WEIGHT_DECAY (and
     # WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS) are the decays of runs of up to this many iterations,
     # and a longer run of SOLVER.MAX_ITER iterations uses them times

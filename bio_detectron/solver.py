@@ -137,7 +137,8 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     no sign change. Gradient clipping (``SOLVER.CLIP_GRADIENTS``) applies as in detectron2.
 
     The weight decays are those of :func:`schedule_weight_decay` (scaled to ``SOLVER.MAX_ITER``
-    when ``SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER`` > 0).
+    when ``SOLVER.BIO.WEIGHT_DECAY_REFERENCE_ITER`` > 0), times
+    ``SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR`` where a parameter steps by batch manhattan.
 
     Args:
         model: the model before it is wrapped in DistributedDataParallel.
@@ -152,6 +153,7 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         or s.LAST_LAYER_BATCH_MANHATTAN
         or s.LAST_LAYER_NO_SIGN_CHANGE
         or s.LAST_LAYER_LR > 0
+        or s.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR != 1
     )
     if not custom:
         optimizer = build_optimizer(cfg, model)
@@ -161,6 +163,7 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     groups = bio_param_groups(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
@@ -169,6 +172,7 @@ def build_bio_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         last_layer_batch_manhattan=s.LAST_LAYER_BATCH_MANHATTAN,
         last_layer_no_sign_change=s.LAST_LAYER_NO_SIGN_CHANGE,
         last_layer_lr=s.LAST_LAYER_LR,
+        batch_manhattan_weight_decay_factor=s.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR,
         keys="SOLVER.BIO.",
     )
     optimizer = BatchManhattanSGD(
@@ -187,6 +191,7 @@ def bio_param_groups(
     model: nn.Module,
     base_lr: float,
     *,
+    weight_decay: Optional[float] = None,
     weight_decay_norm: Optional[float] = None,
     bias_lr_factor: float = 1.0,
     weight_decay_bias: Optional[float] = None,
@@ -195,6 +200,7 @@ def bio_param_groups(
     last_layer_batch_manhattan: bool = False,
     last_layer_no_sign_change: bool = False,
     last_layer_lr: float = 0.0,
+    batch_manhattan_weight_decay_factor: float = 1.0,
     keys: str = "",
 ) -> List[dict]:
     """
@@ -205,23 +211,46 @@ def bio_param_groups(
     LazyConfig's optimizer::
 
         optimizer = L(BatchManhattanSGD)(
-            params=L(bio_param_groups)(base_lr="${..lr}", last_layer_lr=0.01),
+            params=L(bio_param_groups)(
+                base_lr="${..lr}", weight_decay="${..weight_decay}", last_layer_lr=0.01
+            ),
             lr=0.0001, momentum=0.9, weight_decay=1e-4,
         )  # the trainer sets optimizer.params.model
 
     Args:
         model: the model before it is wrapped in DistributedDataParallel.
         base_lr: the optimizer's learning rate (a group's lr is relative to it).
+        weight_decay: the decay of every group that sets none of its own (norms and biases may:
+            ``weight_decay_norm``, ``weight_decay_bias``); None: the optimizer's. Needed when
+            ``batch_manhattan_weight_decay_factor`` is not 1.
         weight_decay_norm, bias_lr_factor, weight_decay_bias: as detectron2's.
         batch_manhattan, no_sign_change: the switches of every parameter but the last layer's.
         last_layer_batch_manhattan, last_layer_no_sign_change: the last layer's switches.
         last_layer_lr: the last layer's learning rate (times its group's factor); 0: ``base_lr``.
+        batch_manhattan_weight_decay_factor: multiplies the weight decay of every group that steps
+            by batch manhattan. Its step is lr * (sign(grad) + decay * W), so with the small lr
+            batch manhattan needs, the decay shrinks W by lr * decay per step, far less than the
+            same decay does under SGD's larger lr; SGD's lr / batch manhattan's lr restores SGD's
+            shrink per step.
         keys: the prefix of the options' names in errors ("SOLVER.BIO." for the yacs keys).
 
     Returns:
         list[dict]: the groups, each with "params", "lr", "batch_manhattan", "no_sign_change" and
         detectron2's other hyperparameters. Biases never get no sign change.
     """
+    factor_key = "BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR"
+    factor_key = keys + factor_key if keys else factor_key.lower()
+    factor = validate.nonnegative_number(
+        batch_manhattan_weight_decay_factor, factor_key, "no weight decay where batch manhattan"
+    )
+    if factor != 1:
+        if not (batch_manhattan or last_layer_batch_manhattan):
+            raise ValueError(
+                f"{factor_key}={factor:g} is set, but no parameter steps by batch manhattan "
+                f"(batch manhattan is off for the last layer and for the others)"
+            )
+        if weight_decay is None:
+            raise ValueError(f"{factor_key}={factor:g} needs weight_decay, the decay it multiplies")
     last = last_layer_parameters(model)
     set_keys = [
         key
@@ -243,6 +272,7 @@ def bio_param_groups(
     for group in get_default_optimizer_params(
         model,
         base_lr=base_lr,
+        weight_decay=weight_decay,
         weight_decay_norm=weight_decay_norm,
         bias_lr_factor=bias_lr_factor,
         weight_decay_bias=weight_decay_bias,
@@ -269,6 +299,8 @@ def bio_param_groups(
                 last_layer_batch_manhattan if is_last else batch_manhattan
             )
             hyper["no_sign_change"] = bool(nsc)
+            if hyper["batch_manhattan"] and factor != 1:
+                hyper["weight_decay"] = hyper["weight_decay"] * factor
             groups.append({"params": params, **hyper})
     return groups
 

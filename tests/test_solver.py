@@ -11,6 +11,7 @@ import bio_detectron as bd
 from bio_detectron.config import add_bio_config
 from bio_detectron.core.optim import BatchManhattanSGD
 from bio_detectron.solver import (
+    bio_param_groups,
     build_bio_optimizer,
     check_trained_feedback,
     schedule_weight_decay,
@@ -69,7 +70,7 @@ GRADS = [  # two steps of fixed gradients, per parameter name
 ]
 
 
-def _by_hand(model, bm, nsc, lr):
+def _by_hand(model, bm, nsc, lr, wd=lambda n: WD):
     """Two steps of the seed code's update, written out per parameter name."""
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {}
@@ -77,7 +78,7 @@ def _by_hand(model, bm, nsc, lr):
         for name, w in params.items():
             g = grads[name].double()
             d = torch.sign(g) if bm(name) else g
-            d = d + WD * w
+            d = d + wd(name) * w
             v = d if name not in buffers else MU * buffers[name] + d
             buffers[name] = v
             new = w - lr(name) * v
@@ -98,17 +99,25 @@ def _two_steps(model, optimizer):
 
 
 @pytest.mark.parametrize(
-    "opts,bm,nsc,lr",
+    "opts,bm,nsc,lr,wd",
     [
         # --bm: sign for all but the last layer, which keeps SGD at the base lr
         (
             ["SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD"],
+            lambda n: n.startswith("body"), lambda n: False, lambda n: LR, lambda n: WD,
+        ),
+        # --bm with 3x the decay where batch manhattan (weights and biases), not the last layer
+        (
+            ["SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD",
+             "SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR", 3.0],
             lambda n: n.startswith("body"), lambda n: False, lambda n: LR,
+            lambda n: 3 * WD if n.startswith("body") else WD,
         ),
         # --bm --nsc: no sign change for the body's weight, not its bias
         (
             ["SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD", "SOLVER.BIO.NO_SIGN_CHANGE", True],
             lambda n: n.startswith("body"), lambda n: n == "body.weight", lambda n: LR,
+            lambda n: WD,
         ),
         # --lbm --lnsc --llr: only the last layer, with its own lr
         (
@@ -118,7 +127,18 @@ def _two_steps(model, optimizer):
                 "SOLVER.BIO.LAST_LAYER_LR", LAST_LR,
             ],
             lambda n: n.startswith("classifier"), lambda n: n == "classifier.weight",
+            lambda n: LAST_LR if n.startswith("classifier") else LR, lambda n: WD,
+        ),
+        # --lbm --llr with the factor: the last layer's decay only
+        (
+            [
+                "SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN", True,
+                "SOLVER.BIO.LAST_LAYER_LR", LAST_LR,
+                "SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR", 0.5,
+            ],
+            lambda n: n.startswith("classifier"), lambda n: False,
             lambda n: LAST_LR if n.startswith("classifier") else LR,
+            lambda n: WD / 2 if n.startswith("classifier") else WD,
         ),
         # --bm --lbm --llr
         (
@@ -128,13 +148,13 @@ def _two_steps(model, optimizer):
                 "SOLVER.BIO.LAST_LAYER_LR", LAST_LR,
             ],
             lambda n: True, lambda n: False,
-            lambda n: LAST_LR if n.startswith("classifier") else LR,
+            lambda n: LAST_LR if n.startswith("classifier") else LR, lambda n: WD,
         ),
     ],
 )  # fmt: skip
-def test_two_steps_match_the_seed_code_by_hand(opts, bm, nsc, lr):
+def test_two_steps_match_the_seed_code_by_hand(opts, bm, nsc, lr, wd):
     model = _model()
-    expected = _by_hand(model, bm, nsc, lr)
+    expected = _by_hand(model, bm, nsc, lr, wd)
     optimizer = build_bio_optimizer(_cfg(*opts), model)
     assert isinstance(optimizer, BatchManhattanSGD)
     got = _two_steps(model, optimizer)
@@ -184,6 +204,15 @@ def test_bad_options_are_named():
         build_bio_optimizer(_cfg("SOLVER.BIO.OPTIMIZER", "Adam"), _model())
     with pytest.raises(ValueError, match="SOLVER.BIO.LAST_LAYER_LR=-1.0: must be a number >= 0"):
         build_bio_optimizer(_cfg("SOLVER.BIO.LAST_LAYER_LR", -1.0), _model())
+    key = "SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR"
+    with pytest.raises(ValueError, match=f"{key}=-1.0: must be a number >= 0"):
+        build_bio_optimizer(_cfg("SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD", key, -1.0), _model())
+    with pytest.raises(ValueError, match=f"{key}=2 is set, but no parameter steps by batch"):
+        build_bio_optimizer(_cfg(key, 2.0), _model())  # plain SGD: the factor would do nothing
+    with pytest.raises(
+        ValueError, match="batch_manhattan_weight_decay_factor=2 needs weight_decay"
+    ):
+        bio_param_groups(_model(), 0.1, batch_manhattan_weight_decay_factor=2.0)
     with pytest.raises(ValueError, match="SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN is set, but"):
         build_bio_optimizer(
             _cfg("SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN", True), nn.Sequential(nn.Linear(2, 2))
@@ -276,3 +305,24 @@ def test_bad_weight_decay_schedules_are_named():
         schedule_weight_decay(_cfg(key, 800, "SOLVER.MAX_ITER", 0))
     with pytest.raises(ValueError, match="SOLVER.WEIGHT_DECAY=-0.1: must be a number >= 0"):
         schedule_weight_decay(_cfg(key, 800, "SOLVER.MAX_ITER", 1600, "SOLVER.WEIGHT_DECAY", -0.1))
+
+
+def test_a_lazyconfig_multiplies_the_batch_manhattan_decay():
+    model = Normed()
+    cfg = OmegaConf.create(
+        {
+            "optimizer": L(BatchManhattanSGD)(
+                params=L(bio_param_groups)(
+                    model=model, base_lr="${..lr}", weight_decay="${..weight_decay}",
+                    weight_decay_norm=0.0, batch_manhattan_weight_decay_factor=50.0,
+                ),
+                lr=3e-4, momentum=0.9, weight_decay=1e-3,
+            ),
+        }
+    )  # fmt: skip
+    got = _decays(instantiate(cfg.optimizer), model)
+    # The body's and its bias by batch manhattan, x50; the norm's 0 stays 0; the last layer's
+    # SGD keeps 1e-3.
+    want = {"body.weight": 0.05, "body.bias": 0.05, "norm.weight": 0.0, "norm.bias": 0.0,
+            "classifier.weight": 1e-3, "classifier.bias": 1e-3}  # fmt: skip
+    assert got == pytest.approx(want, rel=1e-12)
