@@ -50,6 +50,15 @@ def test_shapes_configs_build(name, rule):
             "head.bbox_pred.bias", "head.bbox_pred.weight", "head.cls_score.bias",
             "head.cls_score.weight",
         ]  # fmt: skip
+        # The sign-stepping groups' decay is the config's times its factor (the norms' and
+        # biases' 0 stays 0); the last layer's SGD keeps the config's.
+        factor, decay = cfg.SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR, cfg.SOLVER.WEIGHT_DECAY
+        assert factor > 1
+        decays = {
+            (g["batch_manhattan"], round(g["weight_decay"], 12)) for g in optimizer.param_groups
+        }
+        assert decays == {(True, round(decay * factor, 12)), (True, 0.0), (False, decay),
+                          (False, 0.0)}  # fmt: skip
     else:
         assert type(optimizer) is torch.optim.SGD
         trained = [n for n, p in model.named_parameters() if n.endswith(".feedback")]
