@@ -245,9 +245,15 @@ def bio_param_groups(
     )
     if factor != 1:
         if not (batch_manhattan or last_layer_batch_manhattan):
+            switches = (
+                "SOLVER.BIO.OPTIMIZER is not BatchManhattanSGD and "
+                "SOLVER.BIO.LAST_LAYER_BATCH_MANHATTAN is off"
+                if keys
+                else "batch_manhattan and last_layer_batch_manhattan are off"
+            )
             raise ValueError(
                 f"{factor_key}={factor:g} is set, but no parameter steps by batch manhattan "
-                f"(batch manhattan is off for the last layer and for the others)"
+                f"({switches})"
             )
         if weight_decay is None:
             raise ValueError(f"{factor_key}={factor:g} needs weight_decay, the decay it multiplies")

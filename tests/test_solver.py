@@ -209,6 +209,8 @@ def test_bad_options_are_named():
         build_bio_optimizer(_cfg("SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD", key, -1.0), _model())
     with pytest.raises(ValueError, match=f"{key}=2 is set, but no parameter steps by batch"):
         build_bio_optimizer(_cfg(key, 2.0), _model())  # plain SGD: the factor would do nothing
+    with pytest.raises(ValueError, match="SOLVER.BIO.OPTIMIZER is not BatchManhattanSGD"):
+        build_bio_optimizer(_cfg(key, 2.0), _model())
     with pytest.raises(
         ValueError, match="batch_manhattan_weight_decay_factor=2 needs weight_decay"
     ):
