@@ -207,10 +207,11 @@ def test_bad_options_are_named():
     key = "SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR"
     with pytest.raises(ValueError, match=f"{key}=-1.0: must be a number >= 0"):
         build_bio_optimizer(_cfg("SOLVER.BIO.OPTIMIZER", "BatchManhattanSGD", key, -1.0), _model())
-    with pytest.raises(ValueError, match=f"{key}=2 is set, but no parameter steps by batch"):
+    nothing = (
+        f"{key}=2 is set, but no parameter steps by batch manhattan .SOLVER.BIO.OPTIMIZER is not"
+    )
+    with pytest.raises(ValueError, match=nothing):
         build_bio_optimizer(_cfg(key, 2.0), _model())  # plain SGD: the factor would do nothing
-    with pytest.raises(ValueError, match="SOLVER.BIO.OPTIMIZER is not BatchManhattanSGD"):
-        build_bio_optimizer(_cfg(key, 2.0), _model())
     with pytest.raises(
         ValueError, match="batch_manhattan_weight_decay_factor=2 needs weight_decay"
     ):
