@@ -40,16 +40,22 @@ def test_shapes_configs_build(name, rule):
     model = build_model(cfg)
     assert set(bd.rules_of(model).values()) == {rule}
     optimizer = BioTrainer.build_optimizer(cfg, model)
-    if name == "sign_symmetry_bm":
+    trained = [n for n, p in model.named_parameters() if n.endswith(".feedback")]
+    assert len(trained) == (34 if rule == "kolen_pollack" else 0)
+    if name in ("sign_symmetry_bm", "kolen_pollack"):
         assert isinstance(optimizer, BatchManhattanSGD)
         lrs = {(g["lr"], g["batch_manhattan"]) for g in optimizer.param_groups}
         assert lrs == {(cfg.SOLVER.BASE_LR, True), (0.02, False)}
         last = [p for g in optimizer.param_groups if not g["batch_manhattan"] for p in g["params"]]
         names = {id(p): n for n, p in model.named_parameters()}
-        assert sorted(names[id(p)] for p in last) == [
-            "head.bbox_pred.bias", "head.bbox_pred.weight", "head.cls_score.bias",
-            "head.cls_score.weight",
-        ]  # fmt: skip
+        # Kolen-Pollack's B of the last layer steps with its W (plain SGD), every other B by sign
+        # with its W (check_trained_feedback, run by build_optimizer, checks the groups).
+        feedback = [".feedback"] if rule == "kolen_pollack" else []
+        assert sorted(names[id(p)] for p in last) == sorted(
+            f"head.{layer}{suffix}"
+            for layer in ("bbox_pred", "cls_score")
+            for suffix in [".bias", ".weight"] + feedback
+        )
         # The sign-stepping groups' decay is the config's times its factor (the norms' and
         # biases' 0 stays 0); the last layer's SGD keeps the config's.
         factor, decay = cfg.SOLVER.BIO.BATCH_MANHATTAN_WEIGHT_DECAY_FACTOR, cfg.SOLVER.WEIGHT_DECAY
@@ -61,8 +67,6 @@ def test_shapes_configs_build(name, rule):
                           (False, 0.0)}  # fmt: skip
     else:
         assert type(optimizer) is torch.optim.SGD
-        trained = [n for n, p in model.named_parameters() if n.endswith(".feedback")]
-        assert len(trained) == (34 if rule == "kolen_pollack" else 0)
 
 
 @pytest.mark.parametrize("rule", ["kolen_pollack", "weight_mirror"])
