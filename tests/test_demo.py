@@ -23,7 +23,8 @@ def demo(monkeypatch):
         os.makedirs(output_dir, exist_ok=True)
         budget = int(opts[opts.index("SOLVER.MAX_ITER") + 1])
         trained.append((rule.split("@")[0], budget, list(opts)))
-        ap = budget / 100 + (10 if "backprop" in rule else 0)
+        seed = int(opts[opts.index("SEED") + 1]) if "SEED" in opts else 0
+        ap = budget / 100 + (10 if "backprop" in rule else 0) + 2 * seed
         # what a finished run leaves, as train() writes it
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:
             json.dump({"iteration": budget - 1, "bbox/AP": ap, "bbox/AP50": 50, "bbox/AP75": 20}, f)
@@ -144,3 +145,87 @@ def test_a_recorded_run_of_an_edited_config_leaves_the_record(demo, tmp_path):
     (configs / "retinanet_R_18_FPN_backprop.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")
     demo.sweep(["sign_symmetry"], [config("sign_symmetry")], out, [800], [], rerun=False)
     assert [r["rule"] for r in _record(out)["runs"]] == ["sign_symmetry"]
+
+
+def _plot(monkeypatch):
+    monkeypatch.syspath_prepend(TOOLS)
+    import plot_budgets
+
+    return plot_budgets
+
+
+def test_seeds_train_each_point_once_per_seed_and_add_up(demo, tmp_path, capsys):
+    out = str(tmp_path / "photos")
+    rules = ["backprop", "sign_symmetry"]
+    demo.sweep(rules, [_config(r) for r in rules], out, [800], [], rerun=False, seeds=[0, 1])
+    trained = [(r, b, o[o.index("SEED") + 1]) for r, b, o in demo.trained]
+    assert trained == [
+        ("backprop", 800, "0"),
+        ("backprop", 800, "1"),
+        ("sign_symmetry", 800, "0"),
+        ("sign_symmetry", 800, "1"),
+    ]
+    # a third seed later, into the same folder, adds to the first two; then all three are reused
+    demo.sweep(rules, [_config(r) for r in rules], out, [800], [], rerun=False, seeds=[2])
+    assert sorted(r["seed"] for r in _record(out)["runs"]) == [0, 0, 1, 1, 2, 2]
+    demo.sweep(rules, [_config(r) for r in rules], out, [800], [], rerun=False, seeds=[0, 1, 2])
+    assert len(demo.trained) == 6
+    runs = _record(out)["runs"]
+    assert sorted((r["rule"], r["seed"], r["AP"]) for r in runs) == [
+        ("backprop", 0, 18.0),
+        ("backprop", 1, 20.0),
+        ("backprop", 2, 22.0),
+        ("sign_symmetry", 0, 8.0),
+        ("sign_symmetry", 1, 10.0),
+        ("sign_symmetry", 2, 12.0),
+    ]
+    assert len({r["output"] for r in runs}) == 6 and all(
+        r["output"].endswith(f"iter800_seed{r['seed']}") for r in runs
+    )
+    printed = capsys.readouterr().out
+    assert "| backprop | 20.0 ± 2.0 (3 seeds) |" in printed
+    assert "| sign_symmetry | 10.0 ± 2.0 (3 seeds) (0.50×) |" in printed
+
+
+def test_seeds_refuse_a_seed_option_and_need_budgets():
+    import subprocess
+
+    demo = [sys.executable, os.path.join(TOOLS, "demo.py")]
+    for args, named in [
+        (["--budgets", "800", "--seeds", "0", "1", "SEED", "3"], "SEED"),
+        (["--seeds", "0", "1"], "--budgets"),
+    ]:
+        result = subprocess.run(demo + args, capture_output=True, text=True)
+        assert result.returncode != 0 and named in result.stderr, result.stderr
+
+
+def test_plot_counts_side_by_side_folders_together(demo, monkeypatch, tmp_path, capsys):
+    plot = _plot(monkeypatch)
+    a, b, other = (str(tmp_path / n) for n in ("a", "b", "other"))
+    rules = ["backprop", "kolen_pollack"]
+    configs = [_config(r) for r in rules]
+    demo.sweep(rules, configs, a, [800], [], rerun=False, seeds=[0])
+    demo.sweep(rules, configs, b, [800], [], rerun=False, seeds=[1, 2])
+    demo.sweep(rules, configs, other, [800], ["SOLVER.BASE_LR", "0.01"], rerun=False)
+    panels = plot.panels_of([a, b, other])
+    assert [(t, len(r)) for t, r in panels] == [
+        ("Photos-Detection", 6),
+        ("Photos-Detection (SOLVER.BASE_LR 0.01)", 2),
+    ]
+    mean, sd, n = plot.summarize(panels[0][1])["kolen_pollack"][800]
+    assert (mean, round(sd, 6), n) == (10.0, 2.0, 3)
+    figure = plot.plot_budgets([a, b, other], str(tmp_path / "f.png"), relative=True)
+    assert os.path.getsize(figure) > 0
+    with pytest.raises(SystemExit, match="seed 1"):  # the same seed twice would count twice
+        plot.panels_of([a, b, b])
+
+
+def test_a_seed_given_as_an_option_counts_as_that_seed(demo, monkeypatch, tmp_path):
+    plot = _plot(monkeypatch)
+    folders = [str(tmp_path / f"s{s}") for s in range(2)]
+    for s, folder in enumerate(folders):
+        opts = ["SEED", str(s)] if s else []
+        demo.sweep(["backprop"], [_config("backprop")], folder, [800], opts, rerun=False)
+    ((title, runs),) = plot.panels_of(folders)
+    assert title == "Photos-Detection"
+    assert plot.summarize(runs)["backprop"][800][2] == 2

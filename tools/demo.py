@@ -20,12 +20,20 @@ and budgets can be added one sweep at a time) and draws AP against iterations, o
 whose folder already holds its final AP is reused, and says so (``--rerun`` trains it again), so
 an interrupted sweep continues where it stopped.
 
+``--seeds S1 S2 ...`` (with ``--budgets``) trains every point once per seed, ``SEED S``, into
+``<output-dir>/<rule>/iter<N>_seed<S>``; the table and the figure give mean ± sample standard
+deviation over the seeds, and the fraction of backprop's mean. One sweep writes a folder at a
+time: sweeps run side by side go to folders of their own, and ``tools/plot_budgets.py`` counts
+the folders of the same configs and options together.
+
     python tools/demo.py                                      # sign_symmetry only
     python tools/demo.py --rules backprop sign_symmetry feedback_alignment
     python tools/demo.py --rules backprop -- SOLVER.MAX_ITER 20   # config options after "--"
     python tools/demo.py --configs configs/Textures-Detection --rules backprop kolen_pollack
     python tools/demo.py --configs configs/Photos-Detection --rules backprop sign_symmetry \
         --budgets 800 1600 3200 --output-dir output/budgets/photos
+    python tools/demo.py --configs configs/Photos-Detection --rules backprop kolen_pollack \
+        --budgets 800 1600 --seeds 0 1 2 --output-dir output/seeds/photos
 """
 
 import argparse
@@ -207,6 +215,11 @@ def draw(configs, labels, output_dirs, figure, opts):
     return figure
 
 
+def point_opts(opts, budget, seed):
+    """The options that train one point of a sweep: the sweep's, its seed's, then its budget."""
+    return [*opts, *([] if seed is None else ["SEED", str(seed)]), "SOLVER.MAX_ITER", str(budget)]
+
+
 def earlier_runs(record, configs_folder, opts):
     """
     The runs that an earlier sweep into the same folder recorded and that :func:`finished_row`
@@ -222,7 +235,7 @@ def earlier_runs(record, configs_folder, opts):
     kept = []
     for r in data["runs"]:
         config = os.path.join(configs_folder, CONFIG.format(r["rule"]))
-        command = run_command(config, [*opts, "SOLVER.MAX_ITER", str(r["iterations"])])
+        command = run_command(config, point_opts(opts, r["iterations"], r.get("seed")))
         if os.path.isfile(config) and finished_row(r["rule"], r["output"], command) is not None:
             kept.append(r)
         else:
@@ -233,40 +246,42 @@ def earlier_runs(record, configs_folder, opts):
     return kept
 
 
-def sweep(rules, configs, output_dir, budgets, opts, rerun):
-    """Every rule at every budget; writes budgets.json and budgets.png into ``output_dir``."""
-    from plot_budgets import plot_budgets  # tools/, next to this file
+def sweep(rules, configs, output_dir, budgets, opts, rerun, seeds=None):
+    """
+    Every rule at every budget (and every seed of ``seeds``; None: the config's own ``SEED``);
+    writes budgets.json and budgets.png into ``output_dir`` and prints the folder's table.
+    """
+    from plot_budgets import plot_budgets, table  # tools/, next to this file
 
     opts, runs = [str(o) for o in opts], []
     for rule, config in zip(rules, configs):
         for budget in budgets:
-            folder = os.path.abspath(os.path.join(output_dir, rule, f"iter{budget}"))
-            run_opts = [*opts, "SOLVER.MAX_ITER", str(budget)]
-            row = None if rerun else finished_row(rule, folder, run_command(config, run_opts))
-            if row is not None:
-                print(f"[{rule}] {budget} iterations: reusing the finished run in {folder}")
-            else:
-                row = train(f"{rule}@{budget}", config, folder, run_opts)
-                row[0] = rule
-            runs.append({"rule": rule, "iterations": budget, "AP": float(row[1]),
-                         "AP50": float(row[2]), "AP75": float(row[3]), "training_time": row[4],
-                         "output": folder, "opts": opts})  # fmt: skip
+            for seed in seeds or [None]:
+                name = f"iter{budget}" + ("" if seed is None else f"_seed{seed}")
+                folder = os.path.abspath(os.path.join(output_dir, rule, name))
+                run_opts = point_opts(opts, budget, seed)
+                row = None if rerun else finished_row(rule, folder, run_command(config, run_opts))
+                label = f"{rule}@{budget}" + ("" if seed is None else f"/seed{seed}")
+                if row is not None:
+                    print(f"[{label}] reusing the finished run in {folder}")
+                else:
+                    row = train(label, config, folder, run_opts)
+                    row[0] = rule
+                runs.append({"rule": rule, "iterations": budget, "seed": seed,
+                             "AP": float(row[1]), "AP50": float(row[2]), "AP75": float(row[3]),
+                             "training_time": row[4], "output": folder, "opts": opts})  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
     record = os.path.join(output_dir, "budgets.json")
     folder = os.path.dirname(configs[0])
-    new_points = {(r["rule"], r["iterations"]) for r in runs}
+    new_points = {(r["rule"], r["iterations"], r["seed"]) for r in runs}
     kept = [
         r
         for r in earlier_runs(record, folder, opts)
-        if (r["rule"], r["iterations"]) not in new_points
+        if (r["rule"], r["iterations"], r.get("seed")) not in new_points
     ]
     with open(record, "w") as f:
         json.dump({"configs": folder, "runs": kept + runs}, f, indent=1)
-    header = "| rule | " + " | ".join(f"{b} it." for b in budgets) + " |"
-    print(f"\nbbox AP\n{header}\n|" + "---|" * (len(budgets) + 1))
-    for rule in rules:
-        aps = {r["iterations"]: r["AP"] for r in runs if r["rule"] == rule}
-        print(f"| {rule} | " + " | ".join(f"{aps[b]:.1f}" for b in budgets) + " |")
+    print(f"\nbbox AP, every point of {record}\n{table(kept + runs)}")
     figure = os.path.join(output_dir, "budgets.png")
     plot_budgets([output_dir], figure)
     print(f"\nAP against the budget: {figure}")
@@ -295,6 +310,13 @@ def main():
     parser.add_argument(
         "--rerun", action="store_true", help="with --budgets: train runs that already finished"
     )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="S",
+        help="with --budgets: train every point with each of these SEEDs; mean ± sd over them",
+    )
     parser.add_argument("opts", nargs="*", help="config options KEY VALUE, passed to every run")
     args = parser.parse_args()
     config = os.path.join(os.path.abspath(args.configs), CONFIG)
@@ -310,9 +332,15 @@ def main():
             parser.error(
                 "--budgets takes positive iteration counts and sets SOLVER.MAX_ITER itself"
             )
+        if args.seeds and "SEED" in args.opts[0::2]:
+            parser.error("--seeds sets SEED itself: give the seeds to --seeds, not as an option")
+        seeds = sorted(set(args.seeds)) if args.seeds else None
         return sweep(
-            args.rules, configs, args.output_dir, sorted(set(args.budgets)), args.opts, args.rerun
-        )
+            args.rules, configs, args.output_dir, sorted(set(args.budgets)), args.opts,
+            args.rerun, seeds,
+        )  # fmt: skip
+    if args.seeds:
+        parser.error("--seeds goes with --budgets (e.g. --budgets 800 --seeds 0 1 2)")
     rows = [train(r, c, d, args.opts) for r, c, d in zip(args.rules, configs, output_dirs)]
     print_table(HEADER, rows)
     if not args.no_figure:
