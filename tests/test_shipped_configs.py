@@ -122,6 +122,7 @@ PART_DIGESTS = {
         "Photos-Detection/retinanet_R_18_FPN_sign_symmetry.yaml",
         "Photos-Detection/retinanet_R_18_FPN_sign_symmetry_bm.yaml",
         "Photos-Detection/retinanet_R_18_FPN_weight_mirror.yaml",
+        "Shapes-Detection/Base-Shapes-BatchManhattan.yaml",
         "Shapes-Detection/Base-Shapes.yaml",
         "Shapes-Detection/retinanet_R_18_FPN_backprop.py",
         "Shapes-Detection/retinanet_R_18_FPN_backprop.yaml",
